@@ -1,0 +1,106 @@
+"""One settings object for the whole server: a TOML file, then ``IMAGEGATE_*`` variables.
+
+Precedence (highest first): environment variables, the TOML file named by ``--config`` (or
+``IMAGEGATE_CONFIG``), the defaults below. Nested tables map to ``IMAGEGATE_<TABLE>__<KEY>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ModelSettings(BaseModel):
+    """Per-model binding: where the weights come from, and operator overrides."""
+
+    weights: str | None = None  # hub id or local directory; None = the catalog's default hub id
+    enabled: bool = True
+    price_usd: str | None = None  # overrides the catalog price (flat, per image)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path(".imagegate")
+    database_url: str | None = None  # default: sqlite under data_dir
+    storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
+    public_base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Worker processes that `imagegate serve` starts beside the API (0 = run `imagegate worker`).
+    embedded_workers: int = 1
+    worker_poll_interval_s: float = 0.005
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    memory_budget_gb: float = 0.0  # 0 = no limit on warm models
+    shutdown_grace_seconds: float = 60.0
+
+    # Synchronous styles: how long a request may wait for its job.
+    sync_timeout_seconds: float = 300.0
+    batch_wait_seconds: float = 60.0
+
+    rate_limit_per_second: float = 20.0
+    rate_limit_burst: int = 40
+
+    # Input fetching.
+    allow_private_urls: bool = False
+    max_input_bytes: int = 25 * 1024 * 1024
+    max_input_pixels: int = 40_000_000
+    fetch_timeout_seconds: float = 20.0
+
+    # Webhooks.
+    allow_http_webhooks: bool = False  # http:// to loopback, for development
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_hours: float = 25.0
+
+    default_price_usd: str = "0.01"
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'media').resolve()}"
+
+    def model(self, model_id: str) -> ModelSettings:
+        return self.models.get(model_id) or ModelSettings()
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), then let environment variables and ``overrides`` win."""
+    path = config_file or os.environ.get("IMAGEGATE_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh)
+        base = Path(path).resolve().parent
+        # Relative paths in a config file are relative to the file, not to the cwd.
+        if "data_dir" in values and not Path(values["data_dir"]).is_absolute():
+            values["data_dir"] = str(base / values["data_dir"])
+        for model in values.get("models", {}).values():
+            weights = model.get("weights")
+            if weights and weights.startswith(("./", "../")):
+                model["weights"] = str((base / weights).resolve())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
