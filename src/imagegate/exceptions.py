@@ -47,7 +47,7 @@ class ValidationError(RequestError):
     def __init__(self, field: str, rule: str) -> None:
         self.field = field
         self.rule = rule
-        super().__init__(f"{field}: {rule}" if field else rule)
+        super().__init__(f"{field} {rule}" if field else rule)
 
 
 class AuthenticationError(RequestError):

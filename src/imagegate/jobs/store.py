@@ -476,8 +476,13 @@ class JobStore:
         *,
         output: dict[str, Any] | None = None,
         error: str | None = None,
+        charge_micros: int | None = None,
     ) -> Job | None:
-        """End a job and settle its hold. Returns None when this worker no longer holds the job."""
+        """End a job and settle its hold. Returns None when this worker no longer holds the job.
+
+        ``charge_micros`` (≤ the held price) settles a price that depended on the result; the
+        difference is released in the same transaction.
+        """
         assert status.terminal
         t = schema.jobs
         now = time.time()
@@ -505,9 +510,21 @@ class JobStore:
             if row is None:
                 return None
             job = Job.from_row(row)
+            if charge_micros is not None and status.charged and 0 <= charge_micros < job.price_micros:
+                refund = job.price_micros - charge_micros
+                self._refund(conn, job.key_id, refund, job.id, now)
+                row = conn.execute(
+                    update(t).where(t.c.id == job_id).values(price_micros=charge_micros).returning(*t.c)
+                ).one()
+                job = Job.from_row(row)
             self._settle(conn, job, now)
             self._fire(conn, job, JobStatus.PROCESSING)
         return job
+
+    def _refund(self, conn: Connection, key_id: str, micros: int, job_id: str, now: float) -> None:
+        k = schema.api_keys
+        conn.execute(update(k).where(k.c.id == key_id).values(balance_micros=k.c.balance_micros + micros))
+        self._ledger(conn, key_id, LedgerKind.RELEASE, micros, job_id, now)
 
     def _settle(self, conn: Connection, job: Job, now: float) -> None:
         if job.price_micros <= 0:
@@ -515,11 +532,7 @@ class JobStore:
         if job.status.charged:
             self._ledger(conn, job.key_id, LedgerKind.CAPTURE, 0, job.id, now)
         else:
-            k = schema.api_keys
-            conn.execute(
-                update(k).where(k.c.id == job.key_id).values(balance_micros=k.c.balance_micros + job.price_micros)
-            )
-            self._ledger(conn, job.key_id, LedgerKind.RELEASE, job.price_micros, job.id, now)
+            self._refund(conn, job.key_id, job.price_micros, job.id, now)
 
     def release_lease(self, job_id: str, worker_id: str) -> bool:
         """Put a running job back in the queue (graceful shutdown past its grace period)."""

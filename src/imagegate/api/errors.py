@@ -1,0 +1,107 @@
+"""The one place where exceptions become HTTP responses, in the shape of each protocol."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagegate.exceptions import (
+    AuthenticationError,
+    IdempotencyConflictError,
+    InsufficientBalanceError,
+    KeyDisabledError,
+    ModelNotFoundError,
+    RateLimitedError,
+    RequestError,
+    RequestNotFoundError,
+    SyncTimeoutError,
+    ValidationError,
+)
+
+log = logging.getLogger("imagegate.api")
+
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Insufficient Balance",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    504: "Gateway Timeout",
+}
+
+DOJO_CODES = {
+    AuthenticationError: ("unauthorized", 401),
+    KeyDisabledError: ("unauthorized", 403),
+    InsufficientBalanceError: ("insufficient_credits", 402),
+    ValidationError: ("invalid_request", 400),
+    ModelNotFoundError: ("model_not_found", 404),
+    RateLimitedError: ("rate_limited", 429),
+    RequestNotFoundError: ("not_found", 404),
+    IdempotencyConflictError: ("invalid_request", 409),
+    SyncTimeoutError: ("internal_error", 504),
+}
+
+
+def is_dojo(request: Request) -> bool:
+    return request.url.path.startswith("/api/v1/")
+
+
+def error_response(request: Request, exc: RequestError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if is_dojo(request):
+        code, status = DOJO_CODES.get(type(exc), ("invalid_request", exc.status_code))
+        if isinstance(exc, InsufficientBalanceError):
+            from imagegate.billing.pricing import to_credits
+
+            message = f"Not enough credits. Required: {to_credits(exc.required_micros)}"
+        else:
+            message = exc.message
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    if isinstance(exc, ValidationError):
+        body = {"error": exc.message, "message": exc.message, "field": exc.field}
+    elif isinstance(exc, ModelNotFoundError):
+        body = {"error": "Model not found", "message": exc.message}
+    else:
+        body = {"error": TITLES.get(exc.status_code, "Error"), "message": exc.message}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _fastapi_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "is invalid"}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")) or "body"
+        return error_response(request, ValidationError(field, str(first.get("msg", "is invalid")).lower()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = RequestError(str(exc.detail))
+        err.status_code = exc.status_code
+        if is_dojo(request):
+            code = "not_found" if exc.status_code == 404 else "invalid_request"
+            return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error": TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_dojo(request):
+            return JSONResponse({"error": {"code": "internal_error", "message": "Internal server error"}}, status_code=500)
+        return JSONResponse({"error": "Internal Server Error", "message": "Internal server error"}, status_code=500)

@@ -1,0 +1,60 @@
+"""What the routes share: settings, the store, storage, auth, limits and model switches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagegate.api.auth import Authenticator
+from imagegate.api.ratelimit import RateLimiter
+from imagegate.catalog import MODELS, ModelSpec
+from imagegate.config import Settings
+from imagegate.exceptions import ModelNotFoundError
+from imagegate.jobs.store import JobStore
+
+SWITCH_CACHE_SECONDS = 1.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    storage: Any
+    auth: Authenticator
+    limiter: RateLimiter
+    _switches: tuple[float, dict[str, bool]] = (0.0, {})
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: Settings, store: JobStore) -> "Services":
+        from imagegate.media.storage import open_storage
+
+        return cls(
+            settings=settings,
+            store=store,
+            storage=open_storage(settings.resolved_storage_url),
+            auth=Authenticator(store),
+            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.public_base_url.rstrip("/")
+
+    def model_enabled(self, model_id: str) -> bool:
+        if not self.settings.model(model_id).enabled:
+            return False
+        now = time.monotonic()
+        expires, switches = self._switches
+        if expires < now:
+            switches = self.store.model_switches()
+            self._switches = (now + SWITCH_CACHE_SECONDS, switches)
+        return switches.get(model_id, True)
+
+    def enabled_model(self, model_id: str, public_id: str | None = None) -> ModelSpec:
+        spec = MODELS.get(model_id)
+        if spec is None or not self.model_enabled(model_id):
+            raise ModelNotFoundError(public_id or model_id)
+        return spec

@@ -1,0 +1,162 @@
+"""The submit pipeline every generating endpoint shares, then the answer in its protocol.
+
+Order matters and is the same everywhere: authenticate (401/403), rate limit (429), model
+enabled (400/404), parse and validate the body (400), check the webhook (400), hold the price
+and insert the job in one transaction (402) — nothing is queued or charged before the last step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from imagegate.api import views
+from imagegate.api.services import Services
+from imagegate.billing.pricing import price_for
+from imagegate.catalog import ModelSpec, Protocol, Route
+from imagegate.exceptions import SyncTimeoutError, ValidationError
+from imagegate.jobs.status import JobStatus
+from imagegate.jobs.store import Job, NewJob
+from imagegate.webhooks.targets import check_webhook_url
+
+MAX_BODY_BYTES = 40 * 1024 * 1024
+WAIT_POLL_SECONDS = 0.02
+WEBHOOK_MODES = ("terminal", "sync")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES // (1024 * 1024)} MB")
+    if not body.strip():
+        raise ValidationError("body", "must be a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError("body", "must be UTF-8 encoded JSON") from exc
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ValidationError("body", f"is not valid JSON ({exc})") from exc
+
+
+def _webhook(request: Request, params: dict[str, Any], route: Route, services: Services) -> tuple[str | None, str | None, list[str] | None]:
+    settings = services.settings
+    header = request.headers.get("x-webhook-url")
+    if header:
+        mode = (request.headers.get("x-webhook-mode") or "terminal").strip().lower()
+        if mode not in WEBHOOK_MODES:
+            raise ValidationError("X-Webhook-Mode", "must be one of: terminal, sync")
+        return check_webhook_url(header, "X-Webhook-URL", settings), mode, None
+    if params.get("webhook"):
+        url = check_webhook_url(params["webhook"], "webhook", settings)
+        return url, "events", list(params.get("webhook_events_filter") or ["*"])
+    if route.protocol is Protocol.BATCH and params.get("webhook_url"):
+        return check_webhook_url(params["webhook_url"], "webhook_url", settings), "batch", None
+    return None, None, None
+
+
+def _request_hash(route: Route, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{route.path}\n{canonical}".encode()).hexdigest()
+
+
+async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:
+    services: Services = request.app.state.services
+    key = await run_in_threadpool(services.auth, request, route.auth)
+    services.limiter.check(key.id)
+    await run_in_threadpool(services.enabled_model, spec.id, spec.request_model_id)
+    body = await read_json(request)
+    params = spec.validate(body, route)
+    webhook_url, webhook_mode, webhook_events = _webhook(request, params, route, services)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+        raise ValidationError("Idempotency-Key", "must be 1 to 200 characters")
+    new = NewJob(
+        key_id=key.id,
+        model_id=spec.id,
+        protocol=route.protocol.value,
+        params=params,
+        price_micros=price_for(spec, params, services.settings),
+        max_attempts=services.settings.max_attempts,
+        webhook_url=webhook_url,
+        webhook_mode=webhook_mode,
+        webhook_events=webhook_events,
+        idempotency_key=idempotency_key,
+        request_hash=_request_hash(route, body) if idempotency_key else None,
+    )
+    job, _created = await run_in_threadpool(services.store.submit, new)
+    return await respond(request, services, route, job, params)
+
+
+async def wait_for_end(services: Services, job_id: str, timeout: float) -> Job | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await run_in_threadpool(services.store.get_job, job_id)
+        if job.status.terminal:
+            return job
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
+async def wait_or_timeout(services: Services, job: Job) -> Job:
+    """Synchronous styles: the finished job, or a timeout error with the job canceled (not charged)."""
+    timeout = services.settings.sync_timeout_seconds
+    done = await wait_for_end(services, job.id, timeout)
+    if done is not None:
+        return done
+    await run_in_threadpool(services.store.cancel, job.id, job.key_id)
+    raise SyncTimeoutError(
+        f"The request did not finish within {timeout:g} seconds; it was canceled and not charged ({job.id})"
+    )
+
+
+def job_failure(job: Job) -> JSONResponse:
+    if job.status is JobStatus.FAILED:
+        return JSONResponse({"error": job.error, "message": job.error, "request_id": job.id}, status_code=400)
+    if job.status is JobStatus.CANCELED:
+        return JSONResponse({"error": "Canceled", "message": job.error, "request_id": job.id}, status_code=409)
+    return JSONResponse({"error": "Internal Server Error", "message": job.error, "request_id": job.id}, status_code=500)
+
+
+async def respond(request: Request, services: Services, route: Route, job: Job, params: dict[str, Any]) -> JSONResponse:
+    base = services.base_url
+    protocol = route.protocol
+    if protocol is Protocol.QUEUE:
+        if params.get("sync_mode"):
+            done = await wait_or_timeout(services, job)
+            inline = await run_in_threadpool(views.data_uris, done, services.storage) if done.status is JobStatus.COMPLETED else None
+            return JSONResponse(views.status_view(done, base, inline=inline), status_code=200)
+        return JSONResponse(
+            {"request_id": job.id, "status": job.status.value, "polling_url": views.polling_url(base, job.id)},
+            status_code=202,
+        )
+    if protocol in (Protocol.SYNC_OUTPUT, Protocol.SYNC_URL):
+        done = await wait_or_timeout(services, job)
+        if done.status is not JobStatus.COMPLETED:
+            return job_failure(done)
+        url = views.media_urls(done, base)[0]
+        return JSONResponse({"output": url} if protocol is Protocol.SYNC_OUTPUT else {"url": url}, status_code=200)
+    if protocol is Protocol.BATCH:
+        if job.webhook_url:
+            return JSONResponse(views.batch_queued_view(job, webhook=True), status_code=202)
+        done = await wait_for_end(services, job.id, services.settings.batch_wait_seconds)
+        if done is not None:
+            return JSONResponse(views.batch_status_view(done, base), status_code=200)
+        return JSONResponse(views.batch_queued_view(job, webhook=False), status_code=202)
+    if protocol is Protocol.DOJO:
+        key = await run_in_threadpool(services.store.get_key, job.key_id)
+        return JSONResponse(views.dojo_submit_view(job, base, key.balance_micros), status_code=200)
+    raise AssertionError(f"unknown protocol {protocol}")

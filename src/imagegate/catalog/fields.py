@@ -1,0 +1,83 @@
+"""Field types shared by the request schemas: prompts, seeds, sizes, URLs, webhooks, LoRAs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from imagegate.catalog.base import FLUX2_SIZE_PRESETS, IMAGE_SIZE_PRESETS, check_custom_size
+
+MAX_PROMPT_CHARS = 10_000
+MAX_SEED = 2**32 - 1
+
+
+def non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _url(value: str) -> str:
+    from imagegate.media.inputs import check_url
+
+    check_url(value, field="", allow_data=True)
+    return value
+
+
+Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(non_blank)]
+OptionalText = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
+Number = StrictFloat | StrictInt
+Bool = StrictBool
+ImageUrl = Annotated[StrictStr, Field(min_length=1), AfterValidator(_url)]
+
+
+def ranged_int(lo: int, hi: int) -> Any:
+    return Annotated[StrictInt, Field(ge=lo, le=hi)]
+
+
+def ranged_float(lo: float, hi: float) -> Any:
+    return Annotated[StrictFloat | StrictInt, Field(ge=lo, le=hi)]
+
+
+def image_size_field(max_side: int = 2048, presets: dict[str, tuple[int, int]] = IMAGE_SIZE_PRESETS) -> Any:
+    names = ", ".join(presets)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in presets:
+                raise ValueError(f"must be one of: {names}, or an object {{width, height}}")
+            return value
+        if isinstance(value, dict):
+            width, height = check_custom_size(value, "image_size", max_side)
+            return {"width": width, "height": height}
+        raise ValueError(f"must be one of: {names}, or an object {{width, height}}")
+
+    return Annotated[Any, AfterValidator(check)]
+
+
+def resolve_image_size(value: Any, presets: dict[str, tuple[int, int]] = IMAGE_SIZE_PRESETS) -> tuple[int, int]:
+    if isinstance(value, dict):
+        return int(value["width"]), int(value["height"])
+    if value in presets:
+        return presets[value]
+    return FLUX2_SIZE_PRESETS[value]
+
+
+class LoraWeight(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    path: ImageUrl
+    scale: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] = 1.0
+
+
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed", "complete", "failed", "*")
+WebhookEvent = Literal["start", "output", "logs", "completed", "complete", "failed", "*"]
+
+
+class WebhookFields(BaseModel):
+    """The body-level webhook of rows 5, 10 and 21 (checked for scheme by the API layer)."""
+
+    webhook: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["*"], max_length=7)

@@ -1,0 +1,216 @@
+"""The operator's command line: ``imagegate serve | worker | keys | models | fixtures | weights``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from imagegate.config import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from imagegate.jobs.store import JobStore
+
+    store = JobStore(settings.resolved_database_url)
+    store.migrate()
+    return store
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imagegate.api.app import create_app
+    from imagegate.jobs.supervisor import WorkerSupervisor
+    from imagegate.webhooks.deliverer import start_deliverer_thread
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args, host=args.host, port=args.port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = _store(settings)
+    supervisor = WorkerSupervisor(settings, settings.embedded_workers) if settings.embedded_workers > 0 else None
+    if supervisor:
+        supervisor.start()
+    thread, stop_deliverer = start_deliverer_thread(store, settings)
+    try:
+        uvicorn.run(
+            create_app(settings, store=store),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        )
+    finally:
+        stop_deliverer.set()
+        if supervisor:
+            supervisor.stop()
+        thread.join(5)
+        store.dispose()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from imagegate.jobs.worker import run_worker
+
+    settings = _settings(args)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if models:
+        from imagegate.catalog import MODELS
+
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            print(f"unknown model id(s): {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    run_worker(settings, models)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from imagegate.billing.money import format_usd, parse_usd
+    from imagegate.exceptions import RequestNotFoundError
+
+    store = _store(_settings(args))
+    try:
+        if args.keys_cmd == "create":
+            plaintext, key = store.create_key(name=args.name or "", balance_micros=parse_usd(args.balance))
+            print(f"id: {key.id}")
+            print(f"name: {key.name}")
+            print(f"balance: {format_usd(key.balance_micros)} USD")
+            print(f"webhook secret: {key.webhook_secret}")
+            print(plaintext)
+        elif args.keys_cmd == "topup":
+            key = store.topup(args.key, parse_usd(args.usd))
+            print(f"{key.id} balance: {format_usd(key.balance_micros)} USD")
+        elif args.keys_cmd == "list":
+            for key in store.list_keys():
+                state = "disabled" if key.disabled else "active"
+                print(f"{key.id}\t{key.key_prefix}…\t{key.name}\t{format_usd(key.balance_micros)} USD\t{state}")
+        elif args.keys_cmd == "disable":
+            key = store.set_key_disabled(args.key, True)
+            print(f"{key.id} disabled")
+        elif args.keys_cmd == "enable":
+            key = store.set_key_disabled(args.key, False)
+            print(f"{key.id} enabled")
+        elif args.keys_cmd == "rotate-webhook-secret":
+            key = store.rotate_webhook_secret(args.key)
+            print(key.webhook_secret)
+    except RequestNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"invalid amount: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from imagegate.billing.money import format_usd
+    from imagegate.billing.pricing import price_for
+    from imagegate.catalog import MODELS
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        if args.models_cmd == "list":
+            switches = store.model_switches()
+            for spec in MODELS.values():
+                enabled = settings.model(spec.id).enabled and switches.get(spec.id, True)
+                weights = settings.model(spec.id).weights or spec.default_weights
+                routes = ", ".join(r.path for r in spec.routes)
+                try:
+                    price = format_usd(price_for(spec, spec.schema.model_construct().model_dump(mode="json"), settings), trim=True)
+                except Exception:
+                    price = "?"
+                print(f"{spec.id}\t{'enabled' if enabled else 'disabled'}\t${price}\t{spec.engine_key}\t{weights}\t{routes}")
+            return 0
+        if args.id not in MODELS:
+            print(f"unknown model id: {args.id}", file=sys.stderr)
+            return 2
+        store.set_model_enabled(args.id, args.models_cmd == "enable")
+        print(f"{args.id} {args.models_cmd}d")
+    finally:
+        store.dispose()
+    return 0
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    from imagegate.fixtures import build_all
+
+    config = build_all(Path(args.dir))
+    print(config)
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from imagegate.engines.weights import pull
+
+    settings = _settings(args)
+    return pull(settings, args.ids)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML settings file (IMAGEGATE_* variables override it)")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run the API server with its embedded workers"))
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("worker", help="run a worker process"))
+    p.add_argument("--models", help="comma-separated model ids this worker serves (default: all)")
+    p.set_defaults(func=cmd_worker)
+
+    keys = with_config(sub.add_parser("keys", help="manage API keys and wallets"))
+    ks = keys.add_subparsers(dest="keys_cmd", required=True)
+    p = ks.add_parser("create", help="create a key; prints the key alone on the last line")
+    p.add_argument("--balance", required=True, help="starting balance in USD, e.g. 10 or 0.25")
+    p.add_argument("--name")
+    p = ks.add_parser("topup", help="add USD to a key's wallet")
+    p.add_argument("key")
+    p.add_argument("usd")
+    ks.add_parser("list", help="list keys")
+    for name in ("disable", "enable", "rotate-webhook-secret"):
+        ks.add_parser(name).add_argument("key")
+    keys.set_defaults(func=cmd_keys)
+
+    models = with_config(sub.add_parser("models", help="list, enable and disable models"))
+    ms = models.add_subparsers(dest="models_cmd", required=True)
+    ms.add_parser("list")
+    ms.add_parser("disable").add_argument("id")
+    ms.add_parser("enable").add_argument("id")
+    models.set_defaults(func=cmd_models)
+
+    fixtures = sub.add_parser("fixtures", help="tiny random-weight checkpoints for offline runs")
+    fs = fixtures.add_subparsers(dest="fixtures_cmd", required=True)
+    fs.add_parser("build").add_argument("dir")
+    fixtures.set_defaults(func=cmd_fixtures)
+
+    weights = with_config(sub.add_parser("weights", help="download production weights"))
+    ws = weights.add_subparsers(dest="weights_cmd", required=True)
+    ws.add_parser("pull").add_argument("ids", nargs="+")
+    weights.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

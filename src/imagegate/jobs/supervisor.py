@@ -1,0 +1,80 @@
+"""Keeps the embedded worker processes of ``imagegate serve`` alive.
+
+Workers are separate processes so a model crash (or an out-of-memory kill) never takes the API
+down; a worker that dies is started again after a short back-off, and its job is re-claimed
+once its lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+import time
+
+from imagegate.config import Settings
+
+log = logging.getLogger("imagegate.supervisor")
+
+RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
+
+
+def _worker_main(settings_json: str, model_ids: list[str] | None) -> None:
+    from imagegate.jobs.worker import run_worker
+
+    run_worker(Settings.model_validate_json(settings_json), model_ids)
+
+
+class WorkerSupervisor:
+    def __init__(self, settings: Settings, count: int, model_ids: list[str] | None = None) -> None:
+        self.settings = settings
+        self.count = count
+        self.model_ids = model_ids
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[mp.process.BaseProcess | None] = [None] * count
+        self._failures = [0] * count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self._spawn(i)
+        self._thread.start()
+
+    def _spawn(self, i: int) -> None:
+        proc = self._ctx.Process(
+            target=_worker_main, args=(self.settings.model_dump_json(), self.model_ids), name=f"imagegate-worker-{i}"
+        )
+        proc.start()
+        self._procs[i] = proc
+        log.info("started worker process %s (pid %s)", i, proc.pid)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                if proc is None or proc.is_alive() or self._stop.is_set():
+                    continue
+                delay = RESTART_BACKOFF_SECONDS[min(self._failures[i], len(RESTART_BACKOFF_SECONDS) - 1)]
+                log.warning("worker process %s exited with %s; restarting in %ss", i, proc.exitcode, delay)
+                self._failures[i] += 1
+                if self._stop.wait(delay):
+                    return
+                self._spawn(i)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+
+    def stop(self) -> None:
+        """SIGTERM every worker (they finish the running job within the grace period), then wait."""
+        self._stop.set()
+        for proc in self._procs:
+            if proc is not None and proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
+        for proc in self._procs:
+            if proc is None:
+                continue
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
