@@ -1,0 +1,155 @@
+"""Keeps engines warm and within a memory budget.
+
+Engines are keyed by ``(engine_key, source)``: two catalog models that point at the same weights
+and pipeline share one warm engine. When loading another engine would push the sum of
+``memory_bytes`` over the budget, the least recently used engines are unloaded first. A model
+bigger than the whole budget is still loaded (alone): refusing it would make it unservable.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from imagegate.engines.base import Engine
+from imagegate.engines.registry import resolve_factory
+
+logger = logging.getLogger(__name__)
+
+EngineKey = tuple[str, str]  # (engine_key, source)
+
+
+@dataclass(frozen=True)
+class LoadedEngine:
+    engine_key: str
+    source: str
+    model_id: str
+    memory_bytes: int
+
+
+class ModelManager:
+    def __init__(self, device: str, dtype: str, memory_budget_bytes: int = 0) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.memory_budget_bytes = max(0, int(memory_budget_bytes))
+        self._engines: OrderedDict[EngineKey, Engine] = OrderedDict()  # least recently used first
+        self._model_ids: dict[EngineKey, str] = {}
+        # Sizes of engines loaded before, so a reload can make room before it allocates.
+        self._known_bytes: dict[EngineKey, int] = {}
+        self._lock = threading.Lock()
+        # One lock per key so two workers asking for the same cold model load it once, while a
+        # slow load of one model does not block requests for models that are already warm.
+        self._load_locks: dict[EngineKey, threading.Lock] = {}
+
+    def get(self, model_id: str, engine_key: str, source: str) -> Engine:
+        """The warm engine for ``(engine_key, source)``, loading it (and evicting others) if needed.
+
+        An engine evicted by another thread after ``get`` returned it raises ``EngineError`` when
+        called; the job is then retried like any other system error.
+        """
+        key = (engine_key, source)
+        with self._lock:
+            engine = self._touch(key)
+            if engine is not None:
+                return engine
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                engine = self._touch(key)
+                if engine is not None:
+                    return engine
+                victims = self._pop_victims(self._known_bytes.get(key, 0), keep=None)
+            _unload(victims)
+            engine = self._load(model_id, engine_key, source)
+            with self._lock:
+                self._engines[key] = engine
+                self._model_ids[key] = model_id
+                self._known_bytes[key] = int(engine.memory_bytes)
+                victims = self._pop_victims(0, keep=key)
+            _unload(victims)
+            return engine
+
+    def loaded(self) -> list[LoadedEngine]:
+        """Warm engines, least recently used first."""
+        with self._lock:
+            return [
+                LoadedEngine(engine_key, source, self._model_ids[(engine_key, source)], int(engine.memory_bytes))
+                for (engine_key, source), engine in self._engines.items()
+            ]
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used_bytes()
+
+    def unload(self, engine_key: str, source: str) -> bool:
+        with self._lock:
+            engine = self._engines.pop((engine_key, source), None)
+            self._model_ids.pop((engine_key, source), None)
+        if engine is None:
+            return False
+        engine.unload()
+        return True
+
+    def unload_all(self) -> None:
+        with self._lock:
+            engines = list(self._engines.items())
+            self._engines.clear()
+            self._model_ids.clear()
+        _unload(engines)
+
+    # -- internals (callers hold self._lock unless noted)
+
+    def _used_bytes(self) -> int:
+        return sum(int(e.memory_bytes) for e in self._engines.values())
+
+    def _touch(self, key: EngineKey) -> Engine | None:
+        engine = self._engines.get(key)
+        if engine is not None:
+            self._engines.move_to_end(key)
+        return engine
+
+    def _pop_victims(self, incoming_bytes: int, keep: EngineKey | None) -> list[tuple[EngineKey, Engine]]:
+        """Remove least-recently-used engines until ``incoming_bytes`` more fit in the budget.
+
+        They are unloaded by the caller after the manager lock is released: unloading waits for a
+        running call on that engine, which must not stall every other ``get``.
+        """
+        victims: list[tuple[EngineKey, Engine]] = []
+        if not self.memory_budget_bytes:
+            return victims
+        while self._used_bytes() + incoming_bytes > self.memory_budget_bytes:
+            victim = next((k for k in self._engines if k != keep), None)
+            if victim is None:
+                break
+            victims.append((victim, self._engines.pop(victim)))
+            logger.info(
+                "evicting %s (%s) to stay within the memory budget", self._model_ids.pop(victim, "?"), victim[0]
+            )
+        return victims
+
+    def _load(self, model_id: str, engine_key: str, source: str) -> Engine:
+        """Called without the manager lock."""
+        factory = resolve_factory(engine_key)
+        kwargs: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
+        if _accepts_model_id(factory):
+            kwargs["model_id"] = model_id
+        logger.info("loading %s (%s) from %s", model_id, engine_key, source)
+        return factory(source, **kwargs)
+
+
+def _unload(engines: list[tuple[EngineKey, Engine]]) -> None:
+    for _, engine in engines:
+        engine.unload()
+
+
+def _accepts_model_id(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "model_id" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())

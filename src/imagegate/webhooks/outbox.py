@@ -1,0 +1,489 @@
+"""The webhook outbox: ``WebhookOutbox`` owns every SQL statement on ``webhook_events`` and
+``webhook_attempts``, as ``JobStore`` owns the job SQL.
+
+Events are written by a transition hook inside the job's own transaction, so an event exists if
+and only if its status change does; a separate deliverer (``imagegate.webhooks.deliverer``)
+sends them, so no receiver can slow a worker, a cancel or another delivery.
+
+Rules the SQL keeps, on SQLite and PostgreSQL alike:
+
+- Event ids (the ``webhook-id`` header) sort in the order the job's transitions happened; each
+  new id of a job is made greater than the job's previous one, whatever the clocks say.
+- An event is claimable only when no earlier event of the same job is still pending: the events
+  of one request arrive in order.
+- A claim is one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN IMMEDIATE`` on the
+  store's SQLite engine) that sets a lease (``lease_expires_at``). The lease value is the
+  claim's fencing token: a deliverer that outlived its lease cannot overwrite the outcome of the
+  one that took over, and a deliverer killed mid-delivery leaves a pending event that is
+  claimed again once the lease expires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass, fields
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Connection
+
+from imagegate.api import views
+from imagegate.config import Settings
+from imagegate.jobs import schema
+from imagegate.jobs.status import JobStatus
+from imagegate.jobs.store import Job, JobStore
+
+# Event types. The terminal ones are the lower-cased final status.
+QUEUED = "queued"
+START = "start"
+PROGRESS = "progress"
+TERMINAL_TYPES = {s.value.lower(): s for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.CANCELED)}
+
+# Event states.
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"  # every attempt failed until the event's window closed (or it cannot be sent)
+DROPPED = "dropped"  # not sent on purpose: the receiver answered 410, or a newer event superseded it
+
+# Progress updates of one job are sent at most this often; updates in between are folded into
+# the one that is waiting.
+PROGRESS_THROTTLE_SECONDS = 0.5
+# Intermediate events (queued, start, progress) are best-effort: a short window.
+INTERMEDIATE_WINDOW_SECONDS = 60.0
+
+# What each body-level `webhook_events_filter` value asks for.
+FILTER_EVENTS: dict[str, frozenset[str]] = {
+    "*": frozenset({START, PROGRESS, *TERMINAL_TYPES}),
+    "start": frozenset({START}),
+    "completed": frozenset(TERMINAL_TYPES),
+    "complete": frozenset(TERMINAL_TYPES),
+    "failed": frozenset({"failed", "error"}),
+    # The hosted protocol's "output" fires when the output exists, "logs" while the model runs.
+    "output": frozenset({"completed"}),
+    "logs": frozenset({PROGRESS}),
+}
+
+GONE_MESSAGE = "the receiver answered 410 Gone: no further deliveries for this request"
+
+_events = schema.webhook_events
+_attempts = schema.webhook_attempts
+
+
+@dataclass
+class WebhookEvent:
+    id: str
+    job_id: str
+    key_id: str
+    target_url: str
+    event_type: str
+    terminal: bool
+    payload: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    deliver_until: float
+    lease_expires_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "WebhookEvent":
+        m = row._mapping
+        return cls(**{f.name: m[f.name] for f in fields(cls)})
+
+
+@dataclass
+class WebhookAttempt:
+    id: int
+    event_id: str
+    event_type: str
+    job_id: str
+    attempted_at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+@dataclass
+class AttemptResult:
+    """What one delivery attempt did, and what the event becomes because of it."""
+
+    attempted_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    state: str  # the event's new state
+    next_attempt_at: float
+    stop_request: bool = False  # 410: drop every other pending event of the request too
+
+
+def event_type_for(job: Job, previous: JobStatus | None) -> str | None:
+    if job.status.terminal:
+        return job.status.value.lower()
+    if job.status is JobStatus.QUEUED and previous is None:
+        return QUEUED
+    if job.status is JobStatus.PROCESSING and previous is JobStatus.QUEUED:
+        return START
+    if job.status is JobStatus.PROCESSING and previous is JobStatus.PROCESSING:
+        return PROGRESS
+    return None
+
+
+def wanted(job: Job, event_type: str) -> bool:
+    """Whether the job's webhook mode asks for this event type."""
+    mode = job.webhook_mode
+    if mode in ("terminal", "batch"):
+        return event_type in TERMINAL_TYPES
+    if mode == "sync":
+        return True
+    if mode == "events":
+        if event_type == START and job.attempts > 1:
+            # A job re-claimed after its worker vanished does not "start" a second time.
+            return False
+        asked = job.webhook_events or ["*"]
+        return any(event_type in FILTER_EVENTS.get(str(name), frozenset()) for name in asked)
+    return False
+
+
+def payload_for(job: Job, base_url: str) -> dict[str, Any]:
+    """The body: the status response of the protocol the job was submitted through."""
+    if job.webhook_mode == "batch":
+        # The checkStatus body has no id of its own; one receiver URL may serve many requests.
+        return {"requestId": job.id, **views.batch_status_view(job, base_url)}
+    if job.protocol == "dojo":
+        return views.dojo_job_view(job, base_url)
+    return views.status_view(job, base_url)
+
+
+def _id_time(event_id: str | None) -> int:
+    if not event_id or not event_id.startswith("msg_"):
+        return 0
+    try:
+        return int(event_id[4:20], 16)
+    except ValueError:
+        return 0
+
+
+def new_event_id(previous_id: str | None) -> str:
+    # Fixed-width hex nanoseconds first, so ids sort by time; never behind the job's previous
+    # event, so a clock step between two processes cannot reorder a job's events.
+    stamp = max(time.time_ns(), _id_time(previous_id) + 1)
+    return f"msg_{stamp:016x}{os.urandom(8).hex()}"
+
+
+class WebhookOutbox:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.engine = store.engine
+        self.postgres = store.dialect == "postgresql"
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    class _ReadCtx:
+        def __init__(self, engine: sa.engine.Engine) -> None:
+            self.engine = engine
+
+        def __enter__(self) -> Connection:
+            self.conn = self.engine.connect()
+            # The store's SQLite engine opens write transactions with BEGIN IMMEDIATE; reads must
+            # not take the write lock.
+            self.conn.info["write"] = False
+            self.tx = self.conn.begin()
+            return self.conn
+
+        def __exit__(self, *exc: Any) -> None:
+            try:
+                self.tx.rollback()
+            finally:
+                self.conn.info["write"] = True
+                self.conn.close()
+
+    def _read(self) -> "_ReadCtx":
+        return self._ReadCtx(self.engine)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.public_base_url.rstrip("/")
+
+    # -- the transition hook (runs inside the job's transaction) ------------------------------
+
+    def on_transition(self, conn: Connection, job: Job, previous: JobStatus | None) -> None:
+        if not job.webhook_url or not job.webhook_mode:
+            return
+        event_type = event_type_for(job, previous)
+        if event_type is None or not wanted(job, event_type):
+            return
+        e = _events
+        now = time.time()
+        payload = json.dumps(payload_for(job, self.base_url), separators=(",", ":"), ensure_ascii=False)
+        latest = conn.execute(select(e).where(e.c.job_id == job.id).order_by(e.c.id.desc()).limit(1)).first()
+        due = now
+        created = now
+        if event_type == PROGRESS:
+            if (
+                latest is not None
+                and latest.event_type == PROGRESS
+                and latest.state == PENDING
+                and latest.attempts == 0
+                and latest.lease_expires_at is None
+            ):
+                # A progress update is still waiting for its turn: send the newest numbers with it.
+                folded = conn.execute(
+                    update(e)
+                    .where(e.c.id == latest.id, e.c.state == PENDING, e.c.attempts == 0, e.c.lease_expires_at.is_(None))
+                    .values(payload=payload)
+                ).rowcount
+                if folded:
+                    return
+            last_progress = conn.execute(
+                select(e.c.created_at)
+                .where(e.c.job_id == job.id, e.c.event_type == PROGRESS)
+                .order_by(e.c.id.desc())
+                .limit(1)
+            ).scalar()
+            if last_progress is not None:
+                # A progress event's created_at is the moment it was due, so the spacing holds
+                # between what is sent, not only between what is recorded.
+                due = created = max(now, last_progress + PROGRESS_THROTTLE_SECONDS)
+        terminal = event_type in TERMINAL_TYPES
+        if terminal:
+            # Progress still waiting when the job ends is stale: the final status supersedes it
+            # and need not wait behind it.
+            conn.execute(
+                update(e)
+                .where(
+                    e.c.job_id == job.id,
+                    e.c.event_type == PROGRESS,
+                    e.c.state == PENDING,
+                    e.c.attempts == 0,
+                    e.c.lease_expires_at.is_(None),
+                )
+                .values(state=DROPPED, last_error="superseded by the final status before it was sent")
+            )
+        gone = conn.execute(
+            select(e.c.id).where(e.c.job_id == job.id, e.c.state == DROPPED, e.c.last_status_code == 410).limit(1)
+        ).first()
+        window = self.settings.webhook_retry_hours * 3600.0 if terminal else INTERMEDIATE_WINDOW_SECONDS
+        conn.execute(
+            e.insert().values(
+                id=new_event_id(latest.id if latest is not None else None),
+                job_id=job.id,
+                key_id=job.key_id,
+                target_url=job.webhook_url,
+                event_type=event_type,
+                terminal=terminal,
+                payload=payload,
+                state=DROPPED if gone else PENDING,
+                attempts=0,
+                next_attempt_at=due,
+                deliver_until=due + window,
+                lease_expires_at=None,
+                last_status_code=None,
+                last_error=GONE_MESSAGE if gone else None,
+                created_at=created,
+                delivered_at=None,
+            )
+        )
+
+    # -- the deliverer's side -----------------------------------------------------------------
+
+    def _due_ids(self, now: float, limit: int) -> sa.Select[Any]:
+        cand = _events.alias("cand")
+        earlier = _events.alias("earlier")
+        blocked = (
+            select(earlier.c.id)
+            .where(earlier.c.job_id == cand.c.job_id, earlier.c.state == PENDING, earlier.c.id < cand.c.id)
+            .exists()
+        )
+        pick = (
+            select(cand.c.id)
+            .where(
+                cand.c.state == PENDING,
+                cand.c.next_attempt_at <= now,
+                sa.true(),
+                ~blocked,
+            )
+            .order_by(cand.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self.postgres:
+            pick = pick.with_for_update(skip_locked=True, of=cand)
+        return pick
+
+    def has_due(self, now: float | None = None) -> bool:
+        """A cheap read first, so an idle poll never takes SQLite's write lock."""
+        with self._read() as conn:
+            return conn.execute(self._due_ids(time.time() if now is None else now, 1)).first() is not None
+
+    def claim_due(self, limit: int, lease_seconds: float, now: float | None = None) -> list[WebhookEvent]:
+        """Lease up to ``limit`` due events (the head pending event of each request) in one statement."""
+        if limit <= 0:
+            return []
+        e = _events
+        now = time.time() if now is None else now
+        lease = now + lease_seconds
+        stmt = (
+            update(e)
+            .where(
+                e.c.id.in_(self._due_ids(now, limit)),
+                e.c.state == PENDING,
+            )
+            .values(lease_expires_at=lease, attempts=e.c.attempts + 1)
+            .returning(*e.c)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return sorted((WebhookEvent.from_row(r) for r in rows), key=lambda ev: ev.next_attempt_at)
+
+    def has_newer_event(self, event: WebhookEvent) -> bool:
+        e = _events
+        with self._read() as conn:
+            return (
+                conn.execute(select(e.c.id).where(e.c.job_id == event.job_id, e.c.id > event.id).limit(1)).first()
+                is not None
+            )
+
+    def finish_attempt(self, event: WebhookEvent, result: AttemptResult) -> bool:
+        """Record the attempt and the event's new state. False when the lease was lost meanwhile
+        (the attempt is recorded all the same: it happened)."""
+        e = _events
+        values: dict[str, Any] = dict(
+            state=result.state,
+            next_attempt_at=result.next_attempt_at,
+            lease_expires_at=None,
+            last_status_code=result.status_code,
+            last_error=result.error,
+        )
+        if result.state == DELIVERED:
+            values["delivered_at"] = result.attempted_at + result.duration_ms / 1000.0
+        with self.engine.begin() as conn:
+            conn.execute(
+                _attempts.insert().values(
+                    event_id=event.id,
+                    job_id=event.job_id,
+                    attempted_at=result.attempted_at,
+                    status_code=result.status_code,
+                    error=result.error,
+                    duration_ms=result.duration_ms,
+                )
+            )
+            owned = conn.execute(
+                update(e)
+                .where(e.c.id == event.id, e.c.state == PENDING, e.c.lease_expires_at == event.lease_expires_at)
+                .values(**values)
+            ).rowcount
+            if owned and result.stop_request:
+                conn.execute(
+                    update(e)
+                    .where(e.c.job_id == event.job_id, e.c.state == PENDING, e.c.id != event.id)
+                    .values(state=DROPPED, lease_expires_at=None, last_error=GONE_MESSAGE)
+                )
+        return bool(owned)
+
+    def secret_for(self, key_id: str) -> str:
+        # Read at every attempt, so a rotated secret applies to retries too.
+        return self.store.get_key(key_id).webhook_secret
+
+    # -- the API's side -----------------------------------------------------------------------
+
+    def events_for_job(self, job_id: str) -> list[WebhookEvent]:
+        e = _events
+        with self._read() as conn:
+            rows = conn.execute(select(e).where(e.c.job_id == job_id).order_by(e.c.id)).all()
+        return [WebhookEvent.from_row(r) for r in rows]
+
+    def attempts_for_job(self, job_id: str) -> list[WebhookAttempt]:
+        a, e = _attempts, _events
+        query = (
+            select(a, e.c.event_type)
+            .select_from(a.join(e, e.c.id == a.c.event_id, isouter=True))
+            .where(a.c.job_id == job_id)
+            .order_by(a.c.attempted_at, a.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            WebhookAttempt(
+                id=r.id,
+                event_id=r.event_id,
+                event_type=r.event_type or "",
+                job_id=r.job_id,
+                attempted_at=r.attempted_at,
+                status_code=r.status_code,
+                error=r.error,
+                duration_ms=r.duration_ms,
+            )
+            for r in rows
+        ]
+
+    def redeliver(self, job_id: str, now: float | None = None) -> WebhookEvent | None:
+        """Queue the request's terminal event again (same webhook-id); None if it has none.
+
+        A fresh retry window starts, and a delivery in flight is fenced out (its lease cleared),
+        so the resend is not swallowed by an older attempt's outcome.
+        """
+        e = _events
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(e).where(e.c.job_id == job_id, e.c.terminal.is_(True)).order_by(e.c.id.desc()).limit(1)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                update(e)
+                .where(e.c.id == row.id)
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    deliver_until=now + self.settings.webhook_retry_hours * 3600.0,
+                    lease_expires_at=None,
+                    delivered_at=None,
+                )
+            )
+            row = conn.execute(select(e).where(e.c.id == row.id)).one()
+        return WebhookEvent.from_row(row)
+
+    def pending_count(self) -> int:
+        e = _events
+        with self._read() as conn:
+            return int(conn.execute(select(sa.func.count()).select_from(e).where(e.c.state == PENDING)).scalar_one())
+
+
+_installed: "weakref.WeakKeyDictionary[JobStore, WebhookOutbox]" = weakref.WeakKeyDictionary()
+_install_lock = threading.Lock()
+
+
+def install(store: JobStore, settings: Settings) -> WebhookOutbox:
+    """Register the outbox's transition hook on ``store`` (once per store) and return the outbox.
+
+    Called by the API at startup and by every worker process. A second call for the same store
+    returns the same outbox, with the newer settings.
+    """
+    with _install_lock:
+        outbox = _installed.get(store)
+        if outbox is None:
+            outbox = WebhookOutbox(store, settings)
+            _installed[store] = outbox
+            store.add_transition_hook(outbox.on_transition)
+        else:
+            outbox.settings = settings
+        return outbox
+
+
+__all__ = [
+    "AttemptResult",
+    "WebhookAttempt",
+    "WebhookEvent",
+    "WebhookOutbox",
+    "install",
+]

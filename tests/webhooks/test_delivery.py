@@ -1,0 +1,288 @@
+"""End to end through the real store, the outbox hook, the deliverer loop and loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import imagegate
+from imagegate.jobs.status import JobStatus
+from imagegate.jobs.store import JobStore
+from imagegate.webhooks.deliverer import RetryPolicy
+from imagegate.webhooks.outbox import DELIVERED, DROPPED, FAILED, PENDING
+from imagegate.webhooks.signing import SignatureError, verify
+
+from .conftest import Kit, Receiver, Reply
+
+KitFactory = Callable[..., Kit]
+
+
+def test_terminal_event_survives_failures_and_arrives_once(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store, webhook_timeout_seconds=0.5)
+    receiver.script = [
+        Reply(500, body=b"boom"),
+        Reply(200, delay=1.5),  # stalls past the timeout: must not count
+        Reply(429, headers={"Retry-After": "1"}),
+        Reply(200),
+    ]
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    assert [e.event_type for e in kit.outbox.events_for_job(job.id)] == ["completed"]  # terminal mode: nothing else
+    kit.deliverer()
+
+    got = receiver.wait_for(4)
+    event = kit.wait_state(job.id, "completed", DELIVERED)
+    time.sleep(0.4)  # a delivered event is never sent again
+    assert len(receiver.requests) == 4
+    assert {r.webhook_id for r in got} == {event.id}
+    assert got[3].at - got[2].at >= 0.95, "Retry-After: 1 was not honoured"
+    for r in got:
+        verify(kit.key.webhook_secret, r.headers, r.body)
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["user-agent"] == "imagegate-webhooks"
+    body = got[-1].json
+    assert body["request_id"] == job.id and body["status"] == "COMPLETED" and body["model_id"] == "p-image"
+    assert body["output"]["media_url"] == ["https://images.example.test/media/p-image/out.png"]
+
+    attempts = kit.outbox.attempts_for_job(job.id)
+    assert [a.status_code for a in attempts] == [500, None, 429, 200]
+    assert "boom" in (attempts[0].error or "") and "timed out" in (attempts[1].error or "")
+    assert attempts[1].duration_ms < 1200
+    assert event.attempts == 4 and event.last_status_code == 200
+
+
+def test_signature_uses_the_secret_at_delivery_time(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store)
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    old_secret = kit.key.webhook_secret
+    new_secret = sqlite_store.rotate_webhook_secret(kit.key.id).webhook_secret
+    kit.deliverer()
+    (got,) = receiver.wait_for(1)
+    verify(new_secret, got.headers, got.body)
+    with pytest.raises(SignatureError):
+        verify(old_secret, got.headers, got.body)
+    with pytest.raises(SignatureError):
+        verify(new_secret, got.headers, got.body.replace(b"COMPLETED", b"FAILED"))
+
+
+def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store)
+    kit.deliverer()
+    job = kit.submit(receiver.url(), "sync")
+    claimed = kit.claim(job)
+    receiver.wait_for(2)  # queued, start
+    for step in range(1, 31):  # 30 updates over ~1.5 s
+        assert kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=step / 40) is False
+        time.sleep(0.05)
+    kit.finish(claimed)
+    kit.wait_state(job.id, "completed", DELIVERED)
+
+    got = receiver.requests
+    statuses = [r.json["status"] for r in got]
+    assert statuses[:2] == ["QUEUED", "PROCESSING"] and statuses[-1] == "COMPLETED"
+    progress = [r for r in got[2:-1]]
+    assert all(r.json["status"] == "PROCESSING" for r in progress)
+    assert 2 <= len(progress) <= 5, [r.json["progress"] for r in progress]
+    gaps = [b.at - a.at for a, b in zip(progress, progress[1:])]
+    assert all(g >= 0.45 for g in gaps), gaps
+    values = [r.json["progress"] for r in progress]
+    assert values == sorted(values) and values[-1] > 0.5  # the newest numbers, folded in
+    ids = [r.webhook_id for r in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store)
+    cases = [
+        (["start", "completed"], JobStatus.COMPLETED, ["PROCESSING", "COMPLETED"]),
+        (["completed"], JobStatus.FAILED, ["FAILED"]),
+        (["failed"], JobStatus.COMPLETED, []),
+        (["failed"], JobStatus.ERROR, ["ERROR"]),
+    ]
+    jobs = []
+    for i, (events, _end, _want) in enumerate(cases):
+        jobs.append(kit.submit(receiver.url(f"/case{i}"), "events", events))
+    for job, (_events, end, _want) in zip(jobs, cases):
+        claimed = kit.claim(job)
+        kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+        kit.finish(claimed, end, error=None if end is JobStatus.COMPLETED else "bad input")
+    kit.deliverer()
+    for i, (events, _end, want) in enumerate(cases):
+        if want:
+            receiver.wait_for(len(want), path=f"/case{i}")
+    time.sleep(0.3)
+    for i, (events, _end, want) in enumerate(cases):
+        assert [r.json["status"] for r in receiver.of(f"/case{i}")] == want, (events, receiver.of(f"/case{i}"))
+
+    everything = kit.submit(receiver.url("/all"), "events", ["*"])
+    claimed = kit.claim(everything)
+    receiver.wait_for(1, path="/all")
+    kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+    receiver.wait_for(2, path="/all")
+    kit.finish(claimed)
+    got = receiver.wait_for(3, path="/all")
+    time.sleep(0.2)
+    assert [(r.json["status"], r.json["progress"]) for r in receiver.of("/all")] == [
+        ("PROCESSING", 0.0),
+        ("PROCESSING", 0.5),
+        ("COMPLETED", 1.0),
+    ], got
+
+
+def test_batch_and_dojo_payloads(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store)
+    batch = kit.submit(receiver.url("/batch"), "batch", protocol="batch", model_id="flux-1-schnell")
+    dojo = kit.submit(receiver.url("/dojo"), "terminal", protocol="dojo", model_id="boogu-image-edit")
+    kit.run(batch)
+    kit.run(dojo, JobStatus.FAILED, error="image 1 could not be fetched")
+    kit.deliverer()
+    (b,) = receiver.wait_for(1, path="/batch")
+    (d,) = receiver.wait_for(1, path="/dojo")
+    assert b.json["requestId"] == batch.id and b.json["status"] == "completed"
+    assert b.json["output"] == "https://images.example.test/media/p-image/out.png" and isinstance(b.json["completedAt"], int)
+    assert d.json["jobId"] == dojo.id and d.json["status"] == "failed" and d.json["error"] == "image 1 could not be fetched"
+
+
+def test_events_of_a_request_arrive_in_order(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store)
+    receiver.script = [Reply(500), Reply(500)]
+    kit.deliverer(policy=RetryPolicy(base_delay=0.4, max_delay=1.0, jitter=0.0))
+    job = kit.submit(receiver.url(), "events", ["start", "completed"])
+    claimed = kit.claim(job)
+    receiver.wait_for(1)  # the start event failed once and waits 0.4 s for its retry
+    kit.finish(claimed)  # the final event now exists, but must not overtake the pending start
+    kit.wait_state(job.id, "completed", DELIVERED)
+    kinds = [r.json["status"] for r in receiver.requests]
+    assert kinds == ["PROCESSING", "PROCESSING", "COMPLETED"]
+    start = kit.event(job.id, "start")
+    assert start.state == DROPPED and "superseded" in (start.last_error or "")
+
+
+def test_a_slow_receiver_delays_neither_other_targets_nor_cancels(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store, webhook_timeout_seconds=5.0)
+    gate = threading.Event()
+    receiver.script = [Reply(200, gate=gate)]
+    slow = kit.submit(receiver.url("/slow"))
+    fast = kit.submit(receiver.url("/fast"))
+    waiting = kit.submit(receiver.url("/cancel"))
+    kit.deliverer()
+    try:
+        kit.run(slow)
+        receiver.wait_for(1, path="/slow")  # now stuck inside the slow receiver
+        t0 = time.monotonic()
+        kit.run(fast)
+        receiver.wait_for(1, path="/fast", timeout=2.0)
+        assert time.monotonic() - t0 < 1.0
+        t1 = time.monotonic()
+        canceled = kit.store.cancel(waiting.id, kit.key.id)
+        assert canceled.status is JobStatus.CANCELED and time.monotonic() - t1 < 0.5
+        (c,) = receiver.wait_for(1, path="/cancel", timeout=2.0)
+        assert c.json["status"] == "CANCELED"
+        assert kit.event(slow.id, "completed").state == PENDING
+    finally:
+        gate.set()
+    kit.wait_state(slow.id, "completed", DELIVERED)
+
+
+def test_410_stops_every_delivery_for_the_request(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store)
+    receiver.script = [Reply(410)]
+    kit.deliverer()
+    job = kit.submit(receiver.url(), "sync")
+    receiver.wait_for(1)
+    kit.wait_state(job.id, "queued", DROPPED)
+    claimed = kit.claim(job)
+    kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.3)
+    kit.finish(claimed)
+    time.sleep(0.5)
+    assert len(receiver.requests) == 1
+    events = kit.outbox.events_for_job(job.id)
+    assert [e.event_type for e in events] == ["queued", "start", "progress", "completed"]
+    assert all(e.state == DROPPED for e in events)
+    assert events[0].last_status_code == 410 and "410" in (events[-1].last_error or "")
+
+
+def test_private_addresses_are_refused_at_delivery_time(sqlite_store: JobStore, kit_factory: KitFactory) -> None:
+    kit = kit_factory(sqlite_store, allow_http_webhooks=False)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.3)
+    port = listener.getsockname()[1]
+    try:
+        # https to a *name* passes the submit-time check; the name resolves to loopback.
+        by_name = kit.submit(f"https://localhost:{port}/hook")
+        plain = kit.submit(f"http://127.0.0.1:{port}/hook")
+        kit.run(by_name)
+        kit.run(plain)
+        kit.deliverer()
+        deadline = time.monotonic() + 5
+        while not kit.outbox.attempts_for_job(by_name.id) or not kit.outbox.attempts_for_job(plain.id):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = kit.outbox.attempts_for_job(by_name.id)[0]
+        assert refused.status_code is None
+        assert "refused" in (refused.error or "") and "loopback" in (refused.error or "")
+        assert "https" in (kit.wait_state(plain.id, "completed", FAILED).last_error or "")
+        with pytest.raises(socket.timeout):
+            listener.accept()  # not one connection reached the private address
+    finally:
+        listener.close()
+
+
+def test_deliveries_are_exactly_once_across_concurrent_deliverers(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store)
+    jobs = [kit.submit(receiver.url()) for _ in range(24)]
+    for job in jobs:
+        kit.run(job)
+    for _ in range(3):
+        kit.deliverer(concurrency=4)
+    got = receiver.wait_for(24)
+    time.sleep(0.4)
+    assert len(receiver.requests) == 24
+    assert sorted(r.json["request_id"] for r in got) == sorted(j.id for j in jobs)
+    assert len({r.webhook_id for r in got}) == 24
+
+
+SUBPROCESS_DELIVERER = """
+import sys, threading
+from imagegate.config import Settings
+from imagegate.jobs.store import JobStore
+from imagegate.webhooks.deliverer import Deliverer
+store = JobStore(sys.argv[1])
+settings = Settings(allow_http_webhooks=True, webhook_timeout_seconds=30, webhook_retry_hours=0.01)
+Deliverer(store, settings, lease_seconds=1.5, poll_interval=0.02).run_forever(threading.Event())
+"""
+
+
+def test_a_killed_deliverer_leaves_the_event_pending_for_the_next(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store)
+    gate = threading.Event()
+    receiver.script = [Reply(200, gate=gate)]
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    env = {**os.environ, "PYTHONPATH": str(Path(imagegate.__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", SUBPROCESS_DELIVERER, sqlite_store.url], env=env)
+    try:
+        (first,) = receiver.wait_for(1, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        gate.set()
+    assert kit.event(job.id, "completed").state == PENDING  # the kill recorded nothing
+    kit.deliverer()
+    second = receiver.wait_for(2)[1]
+    event = kit.wait_state(job.id, "completed", DELIVERED)
+    assert second.webhook_id == first.webhook_id == event.id
+    assert second.at - first.at >= 1.0  # not before the dead deliverer's lease ran out
+    assert [a.status_code for a in kit.outbox.attempts_for_job(job.id)] == [200]
