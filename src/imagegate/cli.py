@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="TOML settings file (IMAGEGATE_* variables override it)")
+        # Accepted before or after a sub-command: `keys --config F create` and `keys create --config F`.
+        p.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file (IMAGEGATE_* variables override it)")
         return p
 
     p = with_config(sub.add_parser("serve", help="run the API server with its embedded workers"))
@@ -177,22 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = with_config(sub.add_parser("keys", help="manage API keys and wallets"))
     ks = keys.add_subparsers(dest="keys_cmd", required=True)
-    p = ks.add_parser("create", help="create a key; prints the key alone on the last line")
+    p = with_config(ks.add_parser("create", help="create a key; prints the key alone on the last line"))
     p.add_argument("--balance", required=True, help="starting balance in USD, e.g. 10 or 0.25")
     p.add_argument("--name")
-    p = ks.add_parser("topup", help="add USD to a key's wallet")
+    p = with_config(ks.add_parser("topup", help="add USD to a key's wallet"))
     p.add_argument("key")
     p.add_argument("usd")
-    ks.add_parser("list", help="list keys")
+    with_config(ks.add_parser("list", help="list keys"))
     for name in ("disable", "enable", "rotate-webhook-secret"):
-        ks.add_parser(name).add_argument("key")
+        with_config(ks.add_parser(name)).add_argument("key")
     keys.set_defaults(func=cmd_keys)
 
     models = with_config(sub.add_parser("models", help="list, enable and disable models"))
     ms = models.add_subparsers(dest="models_cmd", required=True)
-    ms.add_parser("list")
-    ms.add_parser("disable").add_argument("id")
-    ms.add_parser("enable").add_argument("id")
+    with_config(ms.add_parser("list"))
+    with_config(ms.add_parser("disable")).add_argument("id")
+    with_config(ms.add_parser("enable")).add_argument("id")
     models.set_defaults(func=cmd_models)
 
     fixtures = sub.add_parser("fixtures", help="tiny random-weight checkpoints for offline runs")
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = with_config(sub.add_parser("weights", help="download production weights"))
     ws = weights.add_subparsers(dest="weights_cmd", required=True)
-    ws.add_parser("pull").add_argument("ids", nargs="+")
+    with_config(ws.add_parser("pull")).add_argument("ids", nargs="+")
     weights.set_defaults(func=cmd_weights)
     return parser
 

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".imagegate")
     database_url: str | None = None  # default: sqlite under data_dir
     storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
-    public_base_url: str = "http://127.0.0.1:8000"
+    # The base of polling_url and media URLs; default: http://{host}:{port} of this server.
+    public_base_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def resolved_storage_url(self) -> str:

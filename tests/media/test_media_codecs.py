@@ -224,7 +224,7 @@ def test_pixel_bomb_fails_fast_from_the_header() -> None:
     assert len(bomb) < 100_000
     start = time.monotonic()
     err = expect_input_error(bomb)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.0  # decoding would take far longer, and GBs
     assert str(err).startswith(f"{FIELD}: ") and "pixel" in str(err)
 
 
@@ -233,7 +233,7 @@ def test_our_limit_applies_below_pillows() -> None:
     bomb = bilevel_png(8000, 8000)
     start = time.monotonic()
     err = expect_input_error(bomb)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.0  # decoding would take far longer, and GBs
     assert str(err) == f"{FIELD}: image is 8000x8000 = 64,000,000 pixels, more than the 40,000,000 pixel limit"
 
 

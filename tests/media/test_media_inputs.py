@@ -33,7 +33,7 @@ def loose() -> InputFetcher:
 
 @pytest.fixture
 def strict() -> InputFetcher:
-    return InputFetcher(allow_private=False, max_bytes=MiB, max_pixels=10_000_000, timeout=2.0)
+    return InputFetcher(allow_private=False, max_bytes=MiB, max_pixels=10_000_000, timeout=5.0)
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def trusting_loopback_only() -> InputFetcher:
     """Private addresses refused, except 127.0.0.1 itself: the first hop to the test server is
     allowed, so what a redirect points at is what gets judged."""
     return InputFetcher(
-        allow_private=False, max_bytes=MiB, max_pixels=10_000_000, timeout=2.0, allow_networks=["127.0.0.1/32"]
+        allow_private=False, max_bytes=MiB, max_pixels=10_000_000, timeout=5.0, allow_networks=["127.0.0.1/32"]
     )
 
 
@@ -172,7 +172,7 @@ def test_whole_fetch_is_bounded_by_the_timeout(http_server: LoopbackServer, rout
     start = time.monotonic()
     err = expect_input_error(fetcher.fetch_bytes, http_server.url(route), field=FIELD)
     elapsed = time.monotonic() - start
-    assert 0.9 <= elapsed < 2.0, elapsed
+    assert 0.9 <= elapsed < 3.0, elapsed  # /drip alone would take 30 s
     assert "no complete answer within 1 s" in str(err)
 
 
@@ -230,7 +230,7 @@ def test_internal_addresses_are_refused(strict: InputFetcher, host: str) -> None
     start = time.monotonic()
     err = expect_input_error(strict.fetch_bytes, f"http://{host}:80/latest/meta-data/", field=FIELD)
     assert "such URLs are refused" in str(err)
-    assert time.monotonic() - start < 1.0  # refused up front, not after a connect attempt
+    assert time.monotonic() - start < 2.5  # refused up front, not after a 5 s connect attempt
 
 
 def test_metadata_address_message_names_it(strict: InputFetcher) -> None:
@@ -337,7 +337,7 @@ def test_redirect_to_metadata_address_is_refused(
         redirect(http_server, "http://169.254.169.254/latest/meta-data/"),
         field=FIELD,
     )
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.5  # no 5 s connect attempt first
     assert "redirect to http://169.254.169.254/latest/meta-data/ refused" in str(err)
     assert "169.254.169.254 is link-local" in str(err)
 

@@ -93,7 +93,7 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     progress = [r for r in got[2:-1]]
     assert all(r.json["status"] == "PROCESSING" for r in progress)
     assert 2 <= len(progress) <= 5, [r.json["progress"] for r in progress]
-    gaps = [b.at - a.at for a, b in zip(progress, progress[1:])]
+    gaps = [b.at - a.at for a, b in zip(progress, progress[1:], strict=False)]
     assert all(g >= 0.45 for g in gaps), gaps
     values = [r.json["progress"] for r in progress]
     assert values == sorted(values) and values[-1] > 0.5  # the newest numbers, folded in
@@ -112,12 +112,12 @@ def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver
     jobs = []
     for i, (events, _end, _want) in enumerate(cases):
         jobs.append(kit.submit(receiver.url(f"/case{i}"), "events", events))
-    for job, (_events, end, _want) in zip(jobs, cases):
+    for job, (_events, end, _want) in zip(jobs, cases, strict=True):
         claimed = kit.claim(job)
         kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
         kit.finish(claimed, end, error=None if end is JobStatus.COMPLETED else "bad input")
     kit.deliverer()
-    for i, (events, _end, want) in enumerate(cases):
+    for i, (_events, _end, want) in enumerate(cases):
         if want:
             receiver.wait_for(len(want), path=f"/case{i}")
     time.sleep(0.3)
@@ -196,20 +196,26 @@ def test_a_slow_receiver_delays_neither_other_targets_nor_cancels(sqlite_store: 
 
 def test_410_stops_every_delivery_for_the_request(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
     kit = kit_factory(store)
-    receiver.script = [Reply(410)]
+    receiver.default = Reply(410)
+    # Events already waiting when the 410 comes are dropped with it...
+    waiting = kit.submit(receiver.url("/waiting"), "sync")
+    kit.run(waiting)
     kit.deliverer()
-    job = kit.submit(receiver.url(), "sync")
-    receiver.wait_for(1)
-    kit.wait_state(job.id, "queued", DROPPED)
-    claimed = kit.claim(job)
+    receiver.wait_for(1, path="/waiting")
+    # ...and events of later transitions are never sent.
+    later = kit.submit(receiver.url("/later"), "sync")
+    receiver.wait_for(1, path="/later")
+    kit.wait_state(later.id, "queued", DROPPED)
+    claimed = kit.claim(later)
     kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.3)
     kit.finish(claimed)
     time.sleep(0.5)
-    assert len(receiver.requests) == 1
-    events = kit.outbox.events_for_job(job.id)
-    assert [e.event_type for e in events] == ["queued", "start", "progress", "completed"]
-    assert all(e.state == DROPPED for e in events)
-    assert events[0].last_status_code == 410 and "410" in (events[-1].last_error or "")
+    assert len(receiver.of("/waiting")) == 1 and len(receiver.of("/later")) == 1
+    for job, kinds in ((waiting, ["queued", "start", "completed"]), (later, ["queued", "start", "progress", "completed"])):
+        events = kit.outbox.events_for_job(job.id)
+        assert [e.event_type for e in events] == kinds
+        assert all(e.state == DROPPED for e in events)
+        assert events[0].last_status_code == 410 and "410" in (events[-1].last_error or "")
 
 
 def test_private_addresses_are_refused_at_delivery_time(sqlite_store: JobStore, kit_factory: KitFactory) -> None:
@@ -286,3 +292,59 @@ def test_a_killed_deliverer_leaves_the_event_pending_for_the_next(sqlite_store: 
     assert second.webhook_id == first.webhook_id == event.id
     assert second.at - first.at >= 1.0  # not before the dead deliverer's lease ran out
     assert [a.status_code for a in kit.outbox.attempts_for_job(job.id)] == [200]
+
+
+def test_default_schedule_and_windows(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store, webhook_retry_hours=25.0)
+    receiver.default = Reply(500)
+    job = kit.submit(receiver.url(), "events", ["start", "completed"])
+    claimed = kit.claim(job)
+    kit.finish(claimed)
+    kit.deliverer(policy=RetryPolicy())  # the production schedule: 5 s, doubling, ±20 %
+    receiver.wait_for(2)
+    time.sleep(0.2)
+    start, done = kit.event(job.id, "start"), kit.event(job.id, "completed")
+    assert start.deliver_until - start.created_at == pytest.approx(60.0)
+    assert done.deliver_until - done.created_at == pytest.approx(25 * 3600.0)
+    assert start.state == DROPPED  # failed once, and the final event already waits behind it
+    (last,) = [a for a in kit.outbox.attempts_for_job(job.id) if a.event_type == "completed"]
+    assert done.state == PENDING and done.attempts == 1
+    assert 4.0 <= done.next_attempt_at - last.attempted_at <= 6.5
+
+
+def test_retries_end_with_the_window(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(sqlite_store, webhook_retry_hours=2.0 / 3600)  # a two-second window
+    receiver.default = Reply(503)
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    kit.deliverer(policy=RetryPolicy(base_delay=0.3, max_delay=5.0, jitter=0.0))
+    event = kit.wait_state(job.id, "completed", FAILED)
+    assert "retry window" in (event.last_error or "")
+    times = [a.attempted_at for a in kit.outbox.attempts_for_job(job.id)]
+    # 0, 0.3, 0.9 (next would be 2.1), then one last try at the end of the window instead of none
+    assert len(times) == 4 and times[-1] - event.deliver_until == pytest.approx(0.0, abs=0.15)
+
+
+def test_parse_retry_after() -> None:
+    from email.utils import formatdate
+
+    from imagegate.webhooks.deliverer import parse_retry_after
+
+    now = time.time()
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0, abs=1.0)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+
+
+def test_the_official_library_verifies_a_real_delivery(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    standardwebhooks = pytest.importorskip("standardwebhooks")
+    from imagegate.webhooks.signing import normalize_secret
+
+    kit = kit_factory(sqlite_store)
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    kit.deliverer()
+    (got,) = receiver.wait_for(1)
+    verified = standardwebhooks.Webhook(normalize_secret(kit.key.webhook_secret)).verify(got.body, got.headers)
+    assert verified["request_id"] == job.id

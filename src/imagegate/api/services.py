@@ -41,7 +41,7 @@ class Services:
 
     @property
     def base_url(self) -> str:
-        return self.settings.public_base_url.rstrip("/")
+        return self.settings.base_url
 
     def model_enabled(self, model_id: str) -> bool:
         if not self.settings.model(model_id).enabled:

@@ -95,6 +95,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         webhook_events=webhook_events,
         idempotency_key=idempotency_key,
         request_hash=_request_hash(route, body) if idempotency_key else None,
+        public_model_id=spec.request_model_id,
     )
     job, _created = await run_in_threadpool(services.store.submit, new)
     return await respond(request, services, route, job, params)

@@ -19,9 +19,14 @@ def non_blank(value: str) -> str:
 
 
 def _url(value: str) -> str:
+    from imagegate.exceptions import ValidationError
     from imagegate.media.inputs import check_url
 
-    check_url(value, field="", allow_data=True)
+    try:
+        check_url(value, field="url", allow_data=True)
+    except ValidationError as exc:
+        # Let pydantic attach the field's location to the rule.
+        raise ValueError(exc.rule) from exc
     return value
 
 

@@ -228,7 +228,8 @@ class Flux2Edit(_Flux2Engine):
 
     The first image is the one being edited; the others are references the prompt can refer to.
     Output size: the first image's (capped at 1 MP) for ``extra["match_input_image"]``, otherwise
-    width/height, otherwise the first image's.
+    width/height, otherwise the first image's. References condition through attention rather than
+    as a noised starting point, so there is no ``strength``; it is ignored for ``image-to-image``.
     """
 
     pipeline_class = Flux2Pipeline

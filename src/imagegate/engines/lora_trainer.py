@@ -128,9 +128,11 @@ class Flux2LoraTrainer(DiffusersEngine):
         samples = []
         for index, image in enumerate(images):
             if min(image.size) < MIN_SIDE:
-                raise InputError(f"images[{index}]", f"is {image.size[0]}x{image.size[1]}; sides must be ≥ {MIN_SIDE} px")
-            width, height = self._train_size(image.convert("RGB"), area)
-            pixels = pipe.image_processor.preprocess(image.convert("RGB"), height=height, width=width, resize_mode="crop")
+                width, height = image.size
+                raise InputError(f"images[{index}]", f"is {width}x{height}; sides must be ≥ {MIN_SIDE} px")
+            image = image.convert("RGB")
+            width, height = self._train_size(image, area)
+            pixels = pipe.image_processor.preprocess(image, height=height, width=width, resize_mode="crop")
             pixels = pixels.to(device=device, dtype=pipe.vae.dtype)
             # The pipeline's own reference encoding: VAE mode, 2x2 patchify, batch-norm statistics.
             latents = pipe._encode_vae_image(image=pixels, generator=None)
@@ -196,7 +198,10 @@ class Flux2LoraTrainer(DiffusersEngine):
         metadata = transformer.peft_config[TRAIN_ADAPTER].to_dict()
         with tempfile.TemporaryDirectory() as tmp:
             Flux2Pipeline.save_lora_weights(
-                tmp, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILENAME
+                tmp,
+                transformer_lora_layers=state,
+                transformer_lora_adapter_metadata=metadata,
+                weight_name=LORA_FILENAME,
             )
             return (Path(tmp) / LORA_FILENAME).read_bytes()
 

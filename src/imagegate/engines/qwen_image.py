@@ -30,8 +30,8 @@ from diffusers import QwenImageImg2ImgPipeline, QwenImagePipeline
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from imagegate.engines.diffusers_base import DiffusersEngine, fit_image, round_to_multiple
 from imagegate.engines.base import EngineCall
+from imagegate.engines.diffusers_base import DiffusersEngine, fit_image, round_to_multiple
 from imagegate.exceptions import InputError
 
 # Qwen's reference settings.

@@ -29,6 +29,7 @@ ENGINE_FACTORIES: dict[str, str | Factory] = {
     "flux2-klein.edit": "imagegate.engines.flux2:Flux2KleinEdit.load",
     "qwen-image.text-to-image": "imagegate.engines.qwen_image:QwenImageTextToImage.load",
     "qwen-image.edit": "imagegate.engines.qwen_image:QwenImageEdit.load",
+    "realesrgan.upscale": "imagegate.engines.upscaler:RealEsrganUpscaler.load",
 }
 
 

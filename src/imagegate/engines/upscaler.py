@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import os
 import re
 import threading
 import weakref
@@ -83,7 +82,7 @@ GPU_TILE_SIZE = 192
 # photographs that left seams at 43-46 dB against an untiled run (mean error 3-4x the rest of the
 # image along the seam), 16 gave 47-52 dB for 15% more compute at tile 128, 24 gave 50-56 dB.
 TILE_PAD = 16
-# ncnn refuses tiles under 32 pixels.
+# The binding's own class refuses tiles under 32; smaller ones would be mostly padding anyway.
 MIN_TILE_SIZE = 32
 
 REALISM_SOURCE_BLEND = 0.15
@@ -92,9 +91,21 @@ DETAILS_RADIUS = 2.0
 DETAILS_PERCENT = 80
 DETAILS_THRESHOLD = 2
 
-# Approximate resident size of x4plus after ncnn repacks its 67 MB of weights for the CPU
-# (measured: 56 MB before load, 872 MB after); used when a load's own growth cannot be read.
-_CPU_WEIGHTS_OVERHEAD = 12
+# memory_bytes is an estimate (a process's RSS cannot attribute memory to one net once another has
+# been freed): ncnn repacks x4plus's 33 MB of fp16 weights into ~816 MB for its CPU kernels
+# (measured: 56 MB RSS before the load, 872 MB after), and a tile needs ~80 KB per model-input
+# pixel. On a GPU both live in device memory as fp16: half the activation cost is assumed there.
+CPU_WEIGHT_EXPANSION = 25
+CPU_ACTIVATION_BYTES_PER_PIXEL = 80_000
+GPU_WEIGHT_EXPANSION = 2
+GPU_ACTIVATION_BYTES_PER_PIXEL = 40_000
+# ncnn's own replicate border around every tile it is handed (realesrgan-ncnn-vulkan, x4 models).
+NCNN_PREPADDING = 10
+NCNN_PARAM_MAGIC = "7767517"
+# Layer types whose key 6 is the weight count stored in the .bin.
+_WEIGHTED_LAYERS = frozenset(
+    {"Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "InnerProduct"}
+)
 
 
 def output_size(
@@ -247,12 +258,51 @@ def _resolve_weights(source: str, model_id: str | None) -> tuple[Path, Path, int
     return param, weights, scale
 
 
-def _rss_bytes() -> int:
+def _check_ncnn_files(param: Path, weights: Path, label: str) -> None:
+    """Reject files ncnn would accept and then crash on.
+
+    The binding's ``load`` reports success even when the param file does not parse, and running
+    such a net (or one without the ``data``/``output`` blobs the binding feeds) is a segfault that
+    would take the whole worker down, so the files are checked here first.
+    """
     try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+        lines = param.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise EngineError(f"{label}: cannot read {param}: {exc}") from exc
+    if not lines or lines[0].strip() != NCNN_PARAM_MAGIC:
+        raise EngineError(f"{label}: {param} is not an ncnn param file (magic {NCNN_PARAM_MAGIC} missing)")
+    inputs: set[str] = set()
+    outputs: set[str] = set()
+    weight_count = 0
+    try:
+        for line in lines[2:]:
+            tokens = line.split()
+            if not tokens:
+                continue
+            bottoms, tops = int(tokens[2]), int(tokens[3])
+            top_names = tokens[4 + bottoms : 4 + bottoms + tops]
+            outputs.update(top_names)
+            if tokens[0] == "Input":
+                inputs.update(top_names)
+            if tokens[0] in _WEIGHTED_LAYERS:
+                keys = dict(token.split("=", 1) for token in tokens[4 + bottoms + tops :] if "=" in token)
+                weight_count += int(keys.get("6", "0"))
+    except (IndexError, ValueError) as exc:
+        raise EngineError(f"{label}: {param} does not parse as an ncnn param file: {exc}") from exc
+    if "data" not in inputs or "output" not in outputs:
+        raise EngineError(f"{label}: {param} must take blob 'data' and produce blob 'output' (Real-ESRGAN's export)")
+    # fp16 is the smallest storage ncnn weights come in.
+    if weights.stat().st_size < 2 * weight_count:
+        raise EngineError(
+            f"{label}: {weights} holds {weights.stat().st_size} bytes, too few for {weight_count} weights"
+        )
+
+
+def estimate_memory_bytes(weights_bytes: int, tile_size: int, gpu: bool) -> int:
+    side = tile_size + 2 * TILE_PAD + 2 * NCNN_PREPADDING
+    if gpu:
+        return weights_bytes * GPU_WEIGHT_EXPANSION + side * side * GPU_ACTIVATION_BYTES_PER_PIXEL
+    return weights_bytes * CPU_WEIGHT_EXPANSION + side * side * CPU_ACTIVATION_BYTES_PER_PIXEL
 
 
 # ncnn's Vulkan instance must outlive every GPU net and be destroyed before the interpreter exits
@@ -331,7 +381,7 @@ class RealEsrganUpscaler:
             ) from exc
         if gpu_id >= 0 and gpu_id >= wrapped.get_gpu_count():
             raise EngineError(f"{model_id or source}: no Vulkan GPU {gpu_id} (found {wrapped.get_gpu_count()})")
-        before = _rss_bytes()
+        _check_ncnn_files(param, weights, model_id or source)
         try:
             net = wrapped.RealESRGANWrapped(gpu_id, False)
             # ncnn's own tiling is set to the padded tile so it never splits our tiles again.
@@ -341,11 +391,7 @@ class RealEsrganUpscaler:
             raise EngineError(f"{model_id or source}: cannot load Real-ESRGAN from {param}: {exc}") from exc
         if status not in (None, 0):
             raise EngineError(f"{model_id or source}: ncnn failed to load {param} (status {status})")
-        grown = _rss_bytes() - before
-        if gpu_id >= 0:
-            memory = weights.stat().st_size  # device memory; the host keeps no repacked copy
-        else:
-            memory = grown if grown > 0 else weights.stat().st_size * _CPU_WEIGHTS_OVERHEAD
+        memory = estimate_memory_bytes(weights.stat().st_size, tile, gpu_id >= 0)
         engine = cls(
             net,
             scale=scale,
@@ -379,11 +425,12 @@ class RealEsrganUpscaler:
         source = call.images[0]
         if source.mode != "RGB":
             source = source.convert("RGB")
+        if mode not in UPSCALE_MODES:
+            raise InputError("upscale_mode", f"must be one of {', '.join(UPSCALE_MODES)}, got {mode!r}")
         try:
             out_size = output_size(source.width, source.height, mode, target, factor)
         except ValueError as exc:
-            field = "upscale_mode" if "upscale_mode" in str(exc) else ("target" if mode == "target" else "factor")
-            raise InputError(field, str(exc)) from exc
+            raise InputError(mode, str(exc)) from exc
 
         with self._lock:
             if self._net is None:
@@ -493,6 +540,7 @@ def _add_grain(image: Image.Image, seed: int, sigma: float) -> Image.Image:
     """Monochrome (same on R, G, B) Gaussian grain: colour noise reads as sensor noise, not film."""
     rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
     pixels = np.asarray(image, dtype=np.float32)
-    grain = rng.normal(0.0, sigma, size=pixels.shape[:2]).astype(np.float32)
+    grain = rng.standard_normal(pixels.shape[:2], dtype=np.float32)
+    grain *= sigma
     pixels += grain[:, :, None]
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")

@@ -100,6 +100,8 @@ class NewJob:
     webhook_events: list[str] | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # The model id clients see in request ids, when the seed names it differently from the catalog.
+    public_model_id: str | None = None
 
 
 # (connection, job after the change, previous status) -> None; runs inside the transaction.
@@ -357,7 +359,7 @@ class JobStore:
                 ).rowcount
                 if not held:
                     raise InsufficientBalanceError(new.price_micros)
-            job_id = new_request_id(new.model_id)
+            job_id = new_request_id(new.public_model_id or new.model_id)
             if new.price_micros > 0:
                 self._ledger(conn, new.key_id, LedgerKind.HOLD, -new.price_micros, job_id, now)
             values = dict(

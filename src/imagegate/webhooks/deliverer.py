@@ -267,11 +267,9 @@ class Deliverer:
             if message.startswith(f"{exc.field}: "):
                 message = message[len(exc.field) + 2 :]
             error = f"target refused: {message}"
-        except httpx.TimeoutException as exc:
-            error = f"timed out after {self.settings.webhook_timeout_seconds:g} s ({type(exc).__name__})"
         except httpcore.TimeoutException as exc:
             error = f"timed out after {self.settings.webhook_timeout_seconds:g} s ({type(exc).__name__})"
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpx.HTTPError, OSError) as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception as exc:  # a bug here must not lose the event: record it and retry
             log.exception("webhook %s: unexpected error", event.id)

@@ -308,7 +308,7 @@ class WebhookOutbox:
             .where(
                 cand.c.state == PENDING,
                 cand.c.next_attempt_at <= now,
-                sa.true(),
+                or_(cand.c.lease_expires_at.is_(None), cand.c.lease_expires_at < now),
                 ~blocked,
             )
             .order_by(cand.c.next_attempt_at)
@@ -335,6 +335,7 @@ class WebhookOutbox:
             .where(
                 e.c.id.in_(self._due_ids(now, limit)),
                 e.c.state == PENDING,
+                or_(e.c.lease_expires_at.is_(None), e.c.lease_expires_at < now),
             )
             .values(lease_expires_at=lease, attempts=e.c.attempts + 1)
             .returning(*e.c)

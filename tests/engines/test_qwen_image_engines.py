@@ -1,0 +1,250 @@
+"""Qwen-Image engines (boogu-image, boogu-image-edit) against a tiny random-weight checkpoint,
+loaded through the registry's factories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagegate.engines import qwen_image as qi
+from imagegate.engines.base import EngineCall
+from imagegate.engines.registry import resolve_factory
+from imagegate.exceptions import InputError, JobCanceledError, WeightsNotFoundError
+
+PROMPT = "a photo of a red cat"
+PROMPT_ZH = "一只红色的猫的照片"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from imagegate.fixtures.qwen_image import build_qwen_image
+
+    return build_qwen_image(tmp_path_factory.mktemp("qwen"))
+
+
+@pytest.fixture(scope="module")
+def t2i(checkpoint):
+    factory = resolve_factory("qwen-image.text-to-image")
+    return factory(str(checkpoint), device="cpu", dtype="auto", model_id="boogu-image")
+
+
+@pytest.fixture(scope="module")
+def edit(checkpoint):
+    return resolve_factory("qwen-image.edit")(str(checkpoint), device="cpu", dtype="auto", model_id="boogu-image-edit")
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def mean_abs(a: Image.Image, b: Image.Image | np.ndarray) -> float:
+    other = b if isinstance(b, np.ndarray) else pixels(b)
+    return float(np.abs(pixels(a) - other).mean())
+
+
+def same(a: Image.Image, b: Image.Image) -> bool:
+    return np.array_equal(pixels(a), pixels(b))
+
+
+class Steps:
+    def __init__(self, cancel_at: int | None = None) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self.cancel_at = cancel_at
+
+    def __call__(self, step: int, total: int) -> None:
+        self.seen.append((step, total))
+        if self.cancel_at is not None and step >= self.cancel_at:
+            raise JobCanceledError("canceled by client")
+
+
+def call(**overrides) -> EngineCall:
+    values = dict(task="text-to-image", prompt=PROMPT, width=64, height=64, num_inference_steps=4, seed=3,
+                  guidance_scale=4.0, negative_prompt="blurry, low quality")
+    values.update(overrides)
+    return EngineCall(**values)
+
+
+def window(start: float, end: float, **overrides) -> EngineCall:
+    return call(extra={"cfg_range_start": start, "cfg_range_end": end}, **overrides)
+
+
+def gradient(width: int = 64, height: int = 64) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    y = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, np.full_like(x, 90)], axis=2).astype(np.uint8))
+
+
+def count_block_calls(engine, monkeypatch) -> list[int]:
+    """Counts real transformer passes: the first block runs once per computed pass."""
+    counter = [0]
+    block = engine.pipe.transformer.transformer_blocks[0]
+    original = block.forward
+
+    def counting(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(block, "forward", counting)
+    return counter
+
+
+# --------------------------------------------------------------------------- text-to-image
+
+
+def test_registry_keys_load_their_classes():
+    assert resolve_factory("qwen-image.text-to-image").__self__ is qi.QwenImageTextToImage
+    assert resolve_factory("qwen-image.edit").__self__ is qi.QwenImageEdit
+
+
+def test_sizes_batch_seed_and_steps(t2i):
+    steps = Steps()
+    result = t2i(call(num_images=2, width=96, height=64), steps)
+    assert [im.size for im in result.images] == [(96, 64), (96, 64)]
+    assert mean_abs(result.images[0], result.images[1]) > 1
+    assert steps.seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    again = t2i(call(num_images=2, width=96, height=64), Steps())
+    assert same(result.images[0], again.images[0]) and same(result.images[1], again.images[1])
+    assert mean_abs(result.images[0], t2i(call(seed=4, width=96, height=64), Steps()).images[0]) > 1
+    kwargs = t2i.pipeline_kwargs(call(width=None, height=None, num_inference_steps=None, guidance_scale=None))
+    assert (kwargs["width"], kwargs["height"], kwargs["num_inference_steps"]) == (1024, 1024, qi.QWEN_STEPS)
+    assert kwargs["true_cfg_scale"] == qi.QWEN_TRUE_CFG
+
+
+def test_bilingual_prompts(t2i):
+    english = t2i(call(), Steps()).images[0]
+    chinese = t2i(call(prompt=PROMPT_ZH), Steps()).images[0]
+    assert mean_abs(english, chinese) > 0.3
+    assert same(chinese, t2i(call(prompt=PROMPT_ZH), Steps()).images[0])
+
+
+def test_true_cfg_negative_prompt_and_guidance(t2i):
+    guided = t2i(call(), Steps())
+    assert guided.info["classifier_free_guidance"] and guided.info["true_cfg_scale"] == 4.0
+    other_negative = t2i(call(negative_prompt="cartoon, drawing"), Steps()).images[0]
+    empty_negative = t2i(call(negative_prompt=None), Steps()).images[0]  # Qwen's " " negative
+    weaker = t2i(call(guidance_scale=2.0), Steps()).images[0]
+    unguided = t2i(call(guidance_scale=1.0), Steps())
+    assert not unguided.info["classifier_free_guidance"]
+    for a, b in [(guided.images[0], other_negative), (guided.images[0], empty_negative),
+                 (guided.images[0], weaker), (empty_negative, unguided.images[0])]:
+        assert mean_abs(a, b) > 0.3
+    # With guidance 1 the negative branch never runs, so the negative prompt cannot matter.
+    assert same(unguided.images[0], t2i(call(guidance_scale=1.0, negative_prompt=None), Steps()).images[0])
+
+
+def test_cfg_range_windows(t2i, monkeypatch):
+    counter = count_block_calls(t2i, monkeypatch)
+    results, passes = {}, {}
+    for start, end in [(0.0, 1.0), (0.0, 0.5), (0.5, 1.0), (0.0, 0.0), (0.8, 1.0)]:
+        counter[0] = 0
+        results[(start, end)] = t2i(window(start, end), Steps())
+        passes[(start, end)] = counter[0]
+    pure = t2i(call(guidance_scale=1.0), Steps()).images[0]
+
+    full, first, second = (results[w].images[0] for w in [(0.0, 1.0), (0.0, 0.5), (0.5, 1.0)])
+    assert mean_abs(full, first) > 0.3 and mean_abs(full, second) > 0.3 and mean_abs(first, second) > 0.3
+    # An empty window is guidance off.
+    assert same(results[(0.0, 0.0)].images[0], pure)
+    # So is a window no step falls in (fractions 0, .25, .5, .75 vs [.8, 1)): here every
+    # unconditional call goes through the hook and is skipped, and the result is still bit-identical.
+    assert same(results[(0.8, 1.0)].images[0], pure)
+    assert results[(0.8, 1.0)].info["unconditional_passes_skipped"] == 4
+    # Steps outside the window cost one pass, not two.
+    assert passes == {(0.0, 1.0): 8, (0.0, 0.5): 6, (0.5, 1.0): 6, (0.0, 0.0): 4, (0.8, 1.0): 4}
+    assert results[(0.0, 0.5)].info["cfg_range"] == [0.0, 0.5]
+    assert results[(0.0, 0.5)].info["unconditional_passes_skipped"] == 2
+    # The first half of the schedule matters more than the second: guiding it alone lands nearer
+    # to full guidance than guiding the second half alone does.
+    assert mean_abs(full, first) < mean_abs(full, second)
+
+
+def test_cfg_range_with_batches_and_acceleration(t2i):
+    single = t2i(window(0.0, 0.5), Steps()).images[0]
+    batch = t2i(window(0.0, 0.5, num_images=2), Steps())
+    # The batch's first image is the single call's, up to batch-size-dependent float rounding.
+    assert mean_abs(batch.images[0], single) < 0.05 and mean_abs(batch.images[0], batch.images[1]) > 1
+    fast = t2i(window(0.0, 0.5, num_inference_steps=8, acceleration="high"), Steps())
+    assert fast.info["unconditional_passes_skipped"] == 4 and not t2i.pipe.transformer.is_cache_enabled
+    # Nothing leaks into the next plain call.
+    assert same(t2i(window(0.0, 0.5), Steps()).images[0], single)
+
+
+def test_cfg_range_validation(t2i):
+    for start, end in [(0.6, 0.4), (-0.1, 0.5), (0.0, 1.5)]:
+        with pytest.raises(InputError, match="cfg_range"):
+            t2i(window(start, end), Steps())
+    with pytest.raises(InputError, match="cfg_range"):
+        t2i(call(extra={"cfg_range_start": "soon"}), Steps())
+
+
+def test_cancel_mid_window_leaves_the_hook_reusable(t2i):
+    with pytest.raises(JobCanceledError):
+        t2i(window(0.0, 0.5), Steps(cancel_at=1))
+    assert same(t2i(window(0.0, 0.5), Steps()).images[0], t2i(window(0.0, 0.5), Steps()).images[0])
+
+
+# --------------------------------------------------------------------------- editing
+
+
+def test_image_guidance_table_is_monotonic():
+    scales = [s for s, _ in qi.IMAGE_GUIDANCE_STRENGTH]
+    strengths = [v for _, v in qi.IMAGE_GUIDANCE_STRENGTH]
+    assert scales[0] == 1.0 and scales[-1] == 8.0
+    assert all(a > b for a, b in zip(strengths, strengths[1:]))
+    assert qi.strength_for_image_guidance(1.5) == pytest.approx((strengths[0] + strengths[1]) / 2)
+
+
+def test_edit_image_guidance_controls_how_much_input_survives(edit):
+    source = gradient()
+    # The tiny VAE is random, so "the input" as the model can reproduce it is its VAE round trip:
+    # the output of a near-zero strength.
+    round_trip = pixels(edit(EngineCall(task="image-to-image", prompt="", images=[source], seed=0,
+                                        num_inference_steps=50, strength=0.02, guidance_scale=1.0),
+                             Steps()).images[0])
+    results = {}
+    for scale in (1.0, 4.0, 8.0):
+        results[scale] = edit(EngineCall(task="edit", prompt="make the sky blue", images=[source], seed=1,
+                                         num_inference_steps=20, extra={"image_guidance_scale": scale}), Steps())
+    assert [results[s].info["strength"] for s in (1.0, 4.0, 8.0)] == [0.8, 0.55, 0.3]
+    assert [results[s].info["steps_run"] for s in (1.0, 4.0, 8.0)] == [16, 11, 6]
+    assert mean_abs(results[1.0].images[0], results[8.0].images[0]) > 1
+    distances = [mean_abs(results[s].images[0], round_trip) for s in (1.0, 4.0, 8.0)]
+    assert distances[2] < distances[0]
+
+
+def test_edit_sizes_guidance_and_validation(edit):
+    source = gradient(96, 64)
+    kept = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4), Steps())
+    assert kept.images[0].size == (96, 64)
+    sized = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4,
+                            width=64, height=64, num_images=2), Steps())
+    assert [im.size for im in sized.images] == [(64, 64), (64, 64)]
+    guided = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4,
+                             negative_prompt="blurry", guidance_scale=4.0,
+                             extra={"cfg_range_start": 0.0, "cfg_range_end": 0.5}), Steps())
+    assert guided.info["unconditional_passes_skipped"] >= 1
+    assert mean_abs(kept.images[0], guided.images[0]) > 0.3
+    with pytest.raises(InputError, match="image"):
+        edit(EngineCall(task="edit", prompt="x", images=[source, source]), Steps())
+    with pytest.raises(InputError, match="image_guidance_scale"):
+        edit(EngineCall(task="edit", prompt="x", images=[source], extra={"image_guidance_scale": 9}), Steps())
+    with pytest.raises(InputError, match="task"):
+        edit(EngineCall(task="text-to-image", prompt="x"), Steps())
+
+
+@pytest.mark.parametrize("key", ["qwen-image.text-to-image", "qwen-image.edit"])
+def test_missing_weights(key, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="weights for boogu-image not found"):
+        resolve_factory(key)(str(tmp_path / "absent"), device="cpu", dtype="auto", model_id="boogu-image")
