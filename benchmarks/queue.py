@@ -9,14 +9,19 @@ from separate load-generator processes using keep-alive HTTP connections. Prints
 
 from __future__ import annotations
 
+import os
+import sys
+
+# This file is named like the standard library's `queue`, which multiprocessing imports; running it
+# as a script puts its folder first on sys.path, so take that entry out before anything imports it.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
 import argparse
 import http.client
 import json
 import multiprocessing as mp
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid

@@ -81,9 +81,11 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     job = kit.submit(receiver.url(), "sync")
     claimed = kit.claim(job)
     receiver.wait_for(2)  # queued, start
+    began = time.monotonic()
     for step in range(1, 31):  # 30 updates over ~1.5 s
         assert kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=step / 40) is False
         time.sleep(0.05)
+    updating = time.monotonic() - began
     kit.finish(claimed)
     kit.wait_state(job.id, "completed", DELIVERED)
 
@@ -92,7 +94,7 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     assert statuses[:2] == ["QUEUED", "PROCESSING"] and statuses[-1] == "COMPLETED"
     progress = [r for r in got[2:-1]]
     assert all(r.json["status"] == "PROCESSING" for r in progress)
-    assert 2 <= len(progress) <= 5, [r.json["progress"] for r in progress]
+    assert 2 <= len(progress) <= updating / 0.5 + 1, [r.json["progress"] for r in progress]
     gaps = [b.at - a.at for a, b in zip(progress, progress[1:], strict=False)]
     assert all(g >= 0.45 for g in gaps), gaps
     values = [r.json["progress"] for r in progress]
@@ -159,7 +161,11 @@ def test_events_of_a_request_arrive_in_order(store: JobStore, kit_factory: KitFa
     kit.deliverer(policy=RetryPolicy(base_delay=0.4, max_delay=1.0, jitter=0.0))
     job = kit.submit(receiver.url(), "events", ["start", "completed"])
     claimed = kit.claim(job)
-    receiver.wait_for(1)  # the start event failed once and waits 0.4 s for its retry
+    receiver.wait_for(1)
+    deadline = time.monotonic() + 5
+    while kit.outbox.attempts_for_job(job.id) == []:  # the start event failed once and waits 0.4 s
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     kit.finish(claimed)  # the final event now exists, but must not overtake the pending start
     kit.wait_state(job.id, "completed", DELIVERED)
     kinds = [r.json["status"] for r in receiver.requests]

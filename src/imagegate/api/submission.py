@@ -31,11 +31,59 @@ WAIT_POLL_SECONDS = 0.02
 WEBHOOK_MODES = ("terminal", "sync")
 
 
+# No request schema nests deeper than a few levels; a bound keeps hostile nesting away from
+# every recursive step after parsing (validation, hashing, storing).
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"is nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+
+
+class UnsupportedMediaTypeError(ValidationError):
+    """The body is declared as something other than JSON (415)."""
+
+    status_code = 415
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _check_content_type(request: Request) -> None:
+    # Every documented example sends `Content-Type: application/json`; a body declared as a form,
+    # multipart or text is a client mistake worth naming. No header at all is taken as JSON.
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return
+    raise UnsupportedMediaTypeError("Content-Type", f"must be application/json (got {declared[:100]!r})")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _json_error(exc: ValueError) -> str:
+    text = str(exc)
+    if "integer string conversion" in text:  # CPython's guard against huge integer literals
+        return "is not valid JSON (a number has more than 4300 digits)"
+    return f"is not valid JSON ({text})"
+
+
 async def read_json(request: Request) -> Any:
+    _check_content_type(request)
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise ValidationError("body", f"must be at most {MAX_BODY_BYTES // (1024 * 1024)} MB")
@@ -46,9 +94,14 @@ async def read_json(request: Request) -> Any:
     except UnicodeDecodeError as exc:
         raise ValidationError("body", "must be UTF-8 encoded JSON") from exc
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValidationError("body", TOO_DEEP) from None
     except ValueError as exc:
-        raise ValidationError("body", f"is not valid JSON ({exc})") from exc
+        raise ValidationError("body", _json_error(exc)) from exc
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise ValidationError("body", TOO_DEEP)
+    return value
 
 
 def _webhook(request: Request, params: dict[str, Any], route: Route, services: Services) -> tuple[str | None, str | None, list[str] | None]:
@@ -69,7 +122,9 @@ def _webhook(request: Request, params: dict[str, Any], route: Route, services: S
 
 def _request_hash(route: Route, body: Any) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{route.path}\n{canonical}".encode()).hexdigest()
+    # surrogatepass: a lone surrogate (valid JSON escape, not valid UTF-8) in an ignored field
+    # must not break hashing; valid text encodes exactly as before.
+    return hashlib.sha256(f"{route.path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:

@@ -167,6 +167,8 @@ def _rule(err: dict[str, Any]) -> str:
         return f"must be at least {ctx.get('min_length')} characters"
     if kind == "finite_number":
         return "must be a finite number"
+    if kind == "string_unicode":
+        return "must be valid Unicode text (it contains an unpaired surrogate escape)"
     for suffix, word in _TYPE_WORDS.items():
         if kind.startswith(suffix + "_") or kind == suffix + "_type":
             if kind.endswith(("_type", "_parsing", "_from_float")):

@@ -30,12 +30,21 @@ def _url(value: str) -> str:
     return value
 
 
+def _no_controls(value: str) -> str:
+    # A webhook target is stored and later dialled; NUL and other control characters have no
+    # place in a URL (and PostgreSQL text columns refuse NUL outright).
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    return value
+
+
 Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(non_blank)]
 OptionalText = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Number = StrictFloat | StrictInt
 Bool = StrictBool
 ImageUrl = Annotated[StrictStr, Field(min_length=1), AfterValidator(_url)]
+WebhookUrl = Annotated[StrictStr, Field(max_length=2048), AfterValidator(_no_controls)]
 
 
 def ranged_int(lo: int, hi: int) -> Any:
@@ -84,5 +93,5 @@ WebhookEvent = Literal["start", "output", "logs", "completed", "complete", "fail
 class WebhookFields(BaseModel):
     """The body-level webhook of rows 5, 10 and 21 (checked for scheme by the API layer)."""
 
-    webhook: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    webhook: WebhookUrl | None = None
     webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["*"], max_length=7)

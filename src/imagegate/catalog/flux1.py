@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, StrictStr, field_validator
+from pydantic import field_validator
 
 from imagegate.catalog.base import (
     Auth,
@@ -28,6 +28,7 @@ from imagegate.catalog.fields import (
     Prompt,
     Seed,
     WebhookFields,
+    WebhookUrl,
     image_size_field,
     ranged_float,
     ranged_int,
@@ -69,7 +70,7 @@ class SchnellRequest(RequestSchema):
 
 
 class SchnellBatchRequest(SchnellRequest):
-    webhook_url: StrictStr | None = Field(default=None, max_length=2048)
+    webhook_url: WebhookUrl | None = None
 
 
 def schnell_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:

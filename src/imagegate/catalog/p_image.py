@@ -69,7 +69,7 @@ def upscale_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
 
 class PImageRequest(WebhookFields, RequestSchema):
     prompt: Prompt
-    images: Annotated[list[ImageUrl], Field(min_length=1, max_length=5)]
+    images: Annotated[list[ImageUrl], Field(min_length=1, max_length=3)]  # FLUX.2 [klein] takes up to 3 references
     turbo: Bool = True
     seed: Seed | None = None
     aspect_ratio: Literal["match_input_image", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] = "match_input_image"

@@ -5,18 +5,24 @@ its ``pipeline_class`` and ``tasks``, and turns an :class:`EngineCall` into the 
 keyword arguments in :meth:`DiffusersEngine.pipeline_kwargs`. Everything that is the same for all of
 them lives here: loading with ``from_pretrained`` (and the error an operator sees when weights are
 missing), device and dtype resolution, seeded generators, step reporting and cancellation,
-batched ``num_images``, acceleration through diffusers' cache hooks, per-call LoRAs, and turning
-pipeline failures (OOM included) into :class:`EngineError`.
+batched ``num_images``, acceleration through diffusers' cache hooks, per-call LoRAs, turning
+pipeline failures (OOM included) into :class:`EngineError`, the speed options of
+:class:`EngineOptions` (fused QKV, fp8, ``torch.compile``, channels-last VAE, TF32) and sharing loaded
+components between engines over the same weights (:class:`ComponentCache`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import torch
@@ -25,13 +31,17 @@ from PIL import Image
 from imagegate.engines.base import EngineCall, EngineResult, LoraSpec, StepCallback
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "ACCELERATION_LEVELS",
     "REGULAR_FBC_THRESHOLD",
     "HIGH_TAYLORSEER_CACHE_INTERVAL",
     "HIGH_TAYLORSEER_WARMUP_STEPS",
     "HIGH_TAYLORSEER_MAX_ORDER",
+    "ComponentCache",
     "DiffusersEngine",
+    "EngineOptions",
     "acceleration_config",
     "accelerated",
     "apply_loras",
@@ -39,8 +49,16 @@ __all__ = [
     "loras_applied",
     "lora_adapter_name",
     "load_pipeline",
+    "compile_denoiser",
+    "eager_execution",
+    "fp8_unavailable_reason",
+    "fuse_qkv_projections",
+    "is_compiled",
     "make_generator",
+    "memory_blocks",
     "module_bytes",
+    "qkv_unfused",
+    "quantize_fp8",
     "pipeline_memory_bytes",
     "resolve_device",
     "resolve_dtype",
@@ -179,7 +197,7 @@ def load_pipeline(
         pipe.to(resolved_device)
     except torch.OutOfMemoryError as exc:
         del pipe
-        _release_memory()
+        release_memory()
         raise EngineError(f"{model_id or source}: out of memory moving weights to {resolved_device}") from exc
     # The server owns progress reporting; tqdm bars from worker threads only clutter logs.
     pipe.set_progress_bar_config(disable=True)
@@ -189,39 +207,78 @@ def load_pipeline(
 # --------------------------------------------------------------------------- memory
 
 
-def module_bytes(module: torch.nn.Module) -> int:
+def _storages(tensor: torch.Tensor) -> Iterator[tuple[Hashable, int]]:
+    """``(key, bytes)`` for every allocation behind ``tensor``.
+
+    Views share their base's storage (fused QKV projections alias their parts this way), so the key is
+    the storage, not the tensor. Quantised tensor subclasses (torchao's fp8 weights) hold their data in
+    inner tensors, which are walked instead.
+    """
+    if tensor.device.type == "meta":
+        yield ("meta", id(tensor)), tensor.numel() * tensor.element_size()
+        return
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        try:
+            names, _ = flatten()
+        except Exception:  # pragma: no cover - an exotic subclass: fall back to its logical size
+            names = []
+        if names:
+            for name in names:
+                inner = getattr(tensor, name, None)
+                if isinstance(inner, torch.Tensor):
+                    yield from _storages(inner)
+            return
+    try:
+        storage = tensor.untyped_storage()
+        yield (tensor.device.type, tensor.device.index, storage.data_ptr()), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - a wrapper without storage
+        yield ("tensor", id(tensor)), tensor.numel() * tensor.element_size()
+
+
+def memory_blocks(*modules: Any) -> dict[Hashable, int]:
+    """Every distinct allocation held by the parameters and buffers of ``modules``, with its size.
+
+    Summing the union of several engines' blocks counts weights they share once.
+    """
+    blocks: dict[Hashable, int] = {}
     seen: set[int] = set()
-    total = 0
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        # Tied weights appear once per owner; count the storage once.
-        key = tensor.data_ptr() if tensor.device.type != "meta" else id(tensor)
-        if key in seen:
+    for module in modules:
+        if not isinstance(module, torch.nn.Module) or id(module) in seen:
             continue
-        seen.add(key)
-        total += tensor.numel() * tensor.element_size()
-    return total
+        seen.add(id(module))
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            for key, size in _storages(tensor):
+                blocks[key] = size
+    return blocks
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of weights and buffers, each allocation once (tied weights and views count once)."""
+    return sum(memory_blocks(module).values())
+
+
+def _pipeline_modules(pipe: Any) -> list[torch.nn.Module]:
+    modules = {id(m): m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)}
+    return list(modules.values())
 
 
 def pipeline_memory_bytes(pipe: Any) -> int:
-    modules = {id(m): m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)}
-    return sum(module_bytes(m) for m in modules.values())
+    return sum(memory_blocks(*_pipeline_modules(pipe)).values())
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+    """Collect garbage and return cached CUDA blocks to the driver."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an accelerator (or allocator) out-of-memory error."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-# Public names for engines that run their own loops (LoRA training) and handle OOM themselves.
-is_out_of_memory = _is_oom
-release_memory = _release_memory
 
 
 # --------------------------------------------------------------------------- determinism
@@ -258,6 +315,362 @@ def fit_mask(mask: Image.Image, width: int, height: int) -> Image.Image:
     return mask
 
 
+# --------------------------------------------------------------------------- speed options
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Speed options an engine factory applies when it loads a pipeline (``DiffusersEngine.load(...,
+    options=EngineOptions(...))``, or a mapping with these keys).
+
+    * ``fuse_qkv`` (default on): one matmul for each attention's query/key/value projections instead
+      of three, on transformers whose attention honours it (FLUX.1, FLUX.2; not Qwen-Image). The
+      separate projections stay as views of the fused weight, so it costs no memory, and LoRAs
+      (which target the separate projections) run those calls unfused. Same arithmetic, so it is
+      on everywhere, the CPU included.
+    * ``compile`` (default off): ``torch.compile`` of the transformer's repeated blocks (regional
+      compilation). The first call at each new resolution pays the compilation (tens of seconds on
+      an H100); calls with LoRAs or acceleration run eagerly rather than recompile.
+    * ``fp8`` (default off): torchao float8 dynamic quantisation (per-row scales) of the
+      transformer's Linear layers. Needs torchao and a GPU with fp8 tensor cores (compute capability
+      8.9+: Ada, Hopper, Blackwell); silently off otherwise. Halves the transformer's memory; replaces
+      ``fuse_qkv`` (fp8 weights are not fused). Engines that train (LoRA) never quantise.
+    * ``channels_last_vae`` (default on, CUDA only): the VAE's 2-D convolutions in NHWC (cuDNN's
+      fast layout). VAEs with 3-D convolutions (Qwen-Image) are left alone.
+    * ``tf32`` (default on, CUDA only): TF32 tensor cores for the float32 matmuls and convolutions
+      that remain in a bf16 pipeline. Process-wide; never turned off once on.
+    * ``compile_backend``: the ``torch.compile`` backend; ``"inductor"`` in production, ``"eager"``
+      to exercise the compile path without code generation (tests, ``benchmarks/gpu.py --tiny``).
+    """
+
+    compile: bool = False
+    fuse_qkv: bool = True
+    fp8: bool = False
+    channels_last_vae: bool = True
+    tf32: bool = True
+    compile_backend: str = "inductor"
+
+    @classmethod
+    def coerce(cls, value: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise EngineError(f"unknown engine option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            return cls(**dict(value))
+        raise EngineError(f"engine options must be EngineOptions or a mapping, not {type(value).__name__}")
+
+    @classmethod
+    def eager(cls) -> EngineOptions:
+        """Every optimisation off: the baseline ``benchmarks/gpu.py`` compares against."""
+        return cls(compile=False, fuse_qkv=False, fp8=False, channels_last_vae=False, tf32=False)
+
+    def for_device(self, device: str) -> EngineOptions:
+        """What ``device`` can use: fp8, channels-last and TF32 only mean something on CUDA."""
+        if torch.device(device).type == "cuda":
+            return self
+        return dataclasses.replace(self, fp8=False, channels_last_vae=False, tf32=False)
+
+
+_APPLIED = "_imagegate_optimisations"  # per-module record of what was applied (modules are shared)
+
+
+def _applied(module: Any) -> set[str]:
+    record = getattr(module, _APPLIED, None)
+    if record is None:
+        record = set()
+        try:
+            object.__setattr__(module, _APPLIED, record)
+        except (AttributeError, TypeError):  # pragma: no cover - a slotted object
+            pass
+    return record
+
+
+def fuse_qkv_projections(transformer: torch.nn.Module) -> int:
+    """Fuse every attention's Q/K/V (and added-context Q/K/V) projections; returns how many modules.
+
+    diffusers keeps the separate projections after fusing, which would cost a second copy of those
+    weights; here they become views of the fused weight instead, so memory is unchanged and the
+    unfused path (:func:`qkv_unfused`, used for LoRAs) still computes the same projections.
+    """
+    if not hasattr(transformer, "fuse_qkv_projections"):
+        return 0
+    transformer.fuse_qkv_projections()
+    fused = 0
+    with torch.no_grad():
+        for module in transformer.modules():
+            if not getattr(module, "fused_projections", False):
+                continue
+            fused += 1
+            _alias_parts(module, "to_qkv", ("to_q", "to_k", "to_v"))
+            _alias_parts(module, "to_kv", ("to_k", "to_v"))
+            _alias_parts(module, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"))
+    _applied(transformer).add("fuse_qkv")
+    return fused
+
+
+def _alias_parts(module: torch.nn.Module, fused_name: str, part_names: tuple[str, ...]) -> None:
+    fused = getattr(module, fused_name, None)
+    parts = [getattr(module, name, None) for name in part_names]
+    if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
+        return
+    offset = 0
+    for part in parts:
+        rows = part.out_features
+        part.weight = torch.nn.Parameter(fused.weight[offset : offset + rows], requires_grad=False)
+        if part.bias is not None and fused.bias is not None:
+            part.bias = torch.nn.Parameter(fused.bias[offset : offset + rows], requires_grad=False)
+        offset += rows
+
+
+@contextlib.contextmanager
+def qkv_unfused(transformer: Any) -> Iterator[None]:
+    """Run ``transformer`` on its separate Q/K/V projections for the duration (a LoRA adds its
+    matrices to those, not to the fused one). The weights are the same: the parts are views."""
+    switched = []
+    if transformer is not None:
+        for module in transformer.modules():
+            if getattr(module, "fused_projections", False):
+                module.fused_projections = False
+                switched.append(module)
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.fused_projections = True
+
+
+# Linear layers fp8 leaves alone: the input and output projections (small, and the most sensitive to
+# rounding) and the timestep / guidance embedders (one row each, nothing to gain).
+FP8_SKIP = ("x_embedder", "context_embedder", "img_in", "txt_in", "txt_norm", "proj_out", "norm_out",
+            "time_text_embed", "time_guidance_embed", "timestep_embedder", "guidance_embedder")
+
+
+def fp8_unavailable_reason() -> str | None:
+    """``None`` when fp8 quantisation can run here, otherwise why not."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if torch.cuda.get_device_capability() < (8, 9):
+        return "GPU has no fp8 tensor cores (needs compute capability 8.9+)"
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return "torchao is not installed"
+    return None
+
+
+def _fp8_config() -> Any:
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    except ImportError:  # torchao < 0.10 spells it as a function
+        from torchao.quantization import float8_dynamic_activation_float8_weight
+        from torchao.quantization.granularity import PerRow
+
+        return float8_dynamic_activation_float8_weight(granularity=PerRow())
+
+
+def quantize_fp8(transformer: torch.nn.Module) -> int:
+    """torchao float8 dynamic (activations and weights, per-row scales) on the transformer's Linear
+    layers whose shapes the fp8 GEMM takes (both sides multiples of 16); returns how many."""
+    from torchao.quantization import quantize_
+
+    if "fp8" in _applied(transformer):
+        return 0
+    if any(getattr(module, "fused_projections", False) for module in transformer.modules()):
+        # fp8 weights cannot be concatenated: quantise the separate projections instead (they are
+        # views of the fused weight, which is freed once all three are replaced).
+        transformer.unfuse_qkv_projections()
+        _applied(transformer).discard("fuse_qkv")
+    count = 0
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        nonlocal count
+        ok = (
+            isinstance(module, torch.nn.Linear)
+            and module.in_features % 16 == 0
+            and module.out_features % 16 == 0
+            and not any(part in name.split(".") for part in FP8_SKIP)
+        )
+        count += ok
+        return ok
+
+    quantize_(transformer, _fp8_config(), filter_fn=wanted)
+    _applied(transformer).add("fp8")
+    return count
+
+
+def is_compiled(module: Any) -> bool:
+    return module is not None and "compile" in _applied(module)
+
+
+def compile_denoiser(denoiser: torch.nn.Module, backend: str = "inductor") -> str:
+    """``torch.compile`` the transformer: its repeated blocks when diffusers names them (regional
+    compilation: one compiled block serves all of them, so compiling takes seconds rather than
+    minutes), else the whole model. Lazy: the first call compiles. Returns which was done."""
+    if is_compiled(denoiser):
+        return "already"
+    kind = "whole model"
+    if getattr(denoiser, "_repeated_blocks", None) and hasattr(denoiser, "compile_repeated_blocks"):
+        denoiser.compile_repeated_blocks(backend=backend)
+        kind = "repeated blocks"
+    else:
+        denoiser.compile(backend=backend)
+    _applied(denoiser).add("compile")
+    return kind
+
+
+@contextlib.contextmanager
+def eager_execution(active: bool = True) -> Iterator[None]:
+    """Run compiled modules eagerly for the duration. Calls that change the transformer (LoRA layers,
+    cache hooks, unfused projections) would otherwise recompile it, for tens of seconds each."""
+    if not active:
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def _channels_last_ok(vae: torch.nn.Module) -> bool:
+    return all(p.dim() != 5 for p in vae.parameters())
+
+
+def apply_optimisations(pipe: Any, options: EngineOptions, *, qkv_fusion: bool, fp8: bool, compile: bool) -> dict[str, str]:
+    """Apply ``options`` to ``pipe`` in place (idempotently: components may be shared with other
+    engines that applied them already). ``qkv_fusion``/``fp8``/``compile`` say whether the engine
+    class allows each. Returns a description of each option's outcome ("on", "off", "n/a: why")."""
+    report: dict[str, str] = {}
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    execution = getattr(pipe, "_execution_device", None)
+    on_cuda = torch.device(execution).type == "cuda" if execution is not None else False
+
+    if options.tf32 and on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        report["tf32"] = "on"
+    else:
+        report["tf32"] = "off" if not options.tf32 else "n/a: not CUDA"
+
+    quantised = False
+    if options.fp8:
+        why = None if fp8 else "this engine trains the weights"
+        why = why or (None if denoiser is not None else "no transformer") or fp8_unavailable_reason()
+        if why is None:
+            quantize_fp8(denoiser)
+            quantised = True
+            report["fp8"] = "on"
+        else:
+            report["fp8"] = f"n/a: {why}"
+    else:
+        report["fp8"] = "off"
+    quantised = quantised or (denoiser is not None and "fp8" in _applied(denoiser))
+
+    if not options.fuse_qkv:
+        report["fuse_qkv"] = "on (shared)" if denoiser is not None and "fuse_qkv" in _applied(denoiser) else "off"
+    elif quantised:
+        report["fuse_qkv"] = "n/a: fp8 weights are not fused"
+    elif not qkv_fusion or denoiser is None:
+        report["fuse_qkv"] = "n/a: attention has no fused path"
+    else:
+        fuse_qkv_projections(denoiser)
+        report["fuse_qkv"] = "on"
+
+    vae = getattr(pipe, "vae", None)
+    if not options.channels_last_vae:
+        report["channels_last_vae"] = "off"
+    elif not on_cuda or vae is None:
+        report["channels_last_vae"] = "n/a: not CUDA"
+    elif not _channels_last_ok(vae):
+        report["channels_last_vae"] = "n/a: 3-D convolutions"
+    else:
+        if "channels_last" not in _applied(vae):
+            vae.to(memory_format=torch.channels_last)
+            _applied(vae).add("channels_last")
+        report["channels_last_vae"] = "on"
+
+    if not options.compile:
+        report["compile"] = "off"
+    elif not compile or denoiser is None:
+        report["compile"] = "n/a: this engine trains the weights" if denoiser is not None else "n/a: no transformer"
+    else:
+        report["compile"] = f"on ({compile_denoiser(denoiser, options.compile_backend)})"
+    return report
+
+
+# --------------------------------------------------------------------------- shared components
+
+
+def _scheduler_like(component: Any) -> bool:
+    return hasattr(component, "set_timesteps") or type(component).__name__.endswith("Scheduler")
+
+
+class ComponentCache:
+    """Loaded pipeline components, per weights source, for engines to share.
+
+    Several engine keys load the same checkpoint (FLUX.2 [dev]: text-to-image, edit, relight and
+    the LoRA trainer; Qwen-Image: text-to-image and edit). Through one cache (the model manager owns
+    one) the second and later engines reuse the first one's transformer, text encoders, VAE and
+    tokenizers instead of loading their own copies, and all engines of a source share one call lock,
+    because LoRA adapters, cache hooks and training mutate the shared modules.
+
+    Only weak references are kept: a component lives as long as some engine uses it. Components are
+    keyed by ``(source, device, dtype)``, their name and a variant: an fp8-quantised transformer is
+    a different thing from the bf16 one a LoRA trainer needs. Schedulers are never shared (they hold
+    per-call state); each pipeline builds its own from the checkpoint's config.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Hashable, str, str], weakref.ReferenceType] = {}
+        self._call_locks: dict[Hashable, threading.Lock] = {}
+
+    @staticmethod
+    def group(source: str, device: str, dtype: torch.dtype) -> tuple[str, str, str]:
+        expanded = os.path.expanduser(source)
+        key = os.path.realpath(expanded) if os.path.isdir(expanded) else source
+        return key, str(torch.device(device)), str(dtype)
+
+    def call_lock(self, group: Hashable) -> threading.Lock:
+        with self._lock:
+            return self._call_locks.setdefault(group, threading.Lock())
+
+    def find(self, group: Hashable, variants: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The live components of ``group`` with the wanted variants (``""`` unless named)."""
+        variants = variants or {}
+        found: dict[str, Any] = {}
+        with self._lock:
+            for key, ref in list(self._entries.items()):
+                entry_group, name, variant = key
+                component = ref()
+                if component is None:
+                    del self._entries[key]
+                elif entry_group == group and variants.get(name, "") == variant:
+                    found[name] = component
+        return found
+
+    def register(self, group: Hashable, components: Mapping[str, Any], variants: Mapping[str, str] | None = None) -> None:
+        variants = variants or {}
+        with self._lock:
+            for name, component in components.items():
+                if component is None or _scheduler_like(component) or isinstance(component, (str, int, float, bool)):
+                    continue
+                try:
+                    ref = weakref.ref(component)
+                except TypeError:
+                    continue
+                self._entries[(group, name, variants.get(name, ""))] = ref
+
+    def live(self) -> list[tuple[Hashable, str, str]]:
+        """``(group, name, variant)`` of every component still alive (for tests and diagnostics)."""
+        with self._lock:
+            return [key for key, ref in self._entries.items() if ref() is not None]
+
+
 # --------------------------------------------------------------------------- acceleration
 
 
@@ -280,15 +693,23 @@ def acceleration_config(level: str) -> Any | None:
     raise InputError("acceleration", f"must be one of {', '.join(ACCELERATION_LEVELS)}, got {level!r}")
 
 
+_DEFAULT_CONFIG = object()
+
+
 @contextlib.contextmanager
-def accelerated(denoiser: Any, level: str) -> Iterator[bool]:
+def accelerated(denoiser: Any, level: str, config: Any = _DEFAULT_CONFIG) -> Iterator[bool]:
     """Enable the level's cache hooks on ``denoiser`` for the duration of one call.
+
+    ``config`` is the cache config to use (``None``: no cache); by default the shared one for
+    ``level`` (:func:`acceleration_config`). Engines pass their own
+    (:meth:`DiffusersEngine.acceleration_config`).
 
     Hooks carry per-call state (cached residuals, Taylor factors), so they are attached fresh for
     every call and removed afterwards: a warm engine never leaks one job's cache into the next.
     Yields whether a cache is active.
     """
-    config = acceleration_config(level)
+    if config is _DEFAULT_CONFIG:
+        config = acceleration_config(level)
     if config is None or not hasattr(denoiser, "enable_cache"):
         yield False
         return
@@ -340,7 +761,7 @@ def apply_loras(pipe: Any, loras: Sequence[LoraSpec]) -> list[str]:
             try:
                 pipe.load_lora_weights(spec.path, adapter_name=name)
             except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     raise
                 raise InputError(f"loras[{index}]", f"cannot apply LoRA to this model: {exc}") from exc
             scales[name] = float(spec.scale)
@@ -410,8 +831,9 @@ class DiffusersEngine:
 
     Subclasses set :attr:`pipeline_class` and :attr:`tasks` and implement :meth:`pipeline_kwargs`.
     ``generator``, ``num_images_per_prompt``, ``callback_on_step_end`` and ``output_type`` are filled
-    in here; LoRAs and acceleration wrap the call. Calls on one engine are serialised because LoRA
-    adapters and cache hooks mutate the shared pipeline.
+    in here; LoRAs and acceleration wrap the call. Calls are serialised by a lock that every engine
+    sharing this one's components holds too, because LoRA adapters and cache hooks mutate the shared
+    modules.
     """
 
     pipeline_class: ClassVar[type]
@@ -421,6 +843,12 @@ class DiffusersEngine:
     # them every transformer call shares one cache state, which is only correct when there is a
     # single branch, so acceleration is refused together with true CFG (a negative prompt).
     opens_cache_contexts: ClassVar[bool] = False
+    # Whether the transformer's attention computes from fused Q/K/V when asked (diffusers' FLUX.1 and
+    # FLUX.2 attention do; Qwen-Image's ignores the fused weight, so fusing would only cost time).
+    qkv_fusion: ClassVar[bool] = False
+    # Engines that train the transformer (LoRA) need its bf16 weights and eager execution.
+    allows_fp8: ClassVar[bool] = True
+    allows_compile: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -430,14 +858,18 @@ class DiffusersEngine:
         dtype: torch.dtype,
         model_id: str | None = None,
         source: str | None = None,
+        options: EngineOptions | Mapping[str, Any] | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
         self.model_id = model_id
         self.source = source
-        self.memory_bytes = pipeline_memory_bytes(pipe)
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()
+        self.options = EngineOptions.coerce(options).for_device(device)
+        self.optimisations: dict[str, str] = {}
+        self.apply_options(self.options)
 
     # -- factory
 
@@ -449,10 +881,59 @@ class DiffusersEngine:
         device: str = "auto",
         dtype: str | torch.dtype = "auto",
         model_id: str | None = None,
+        options: EngineOptions | Mapping[str, Any] | None = None,
+        components: ComponentCache | None = None,
     ) -> Self:
+        """Load ``source`` and apply ``options`` (default: :class:`EngineOptions`' defaults).
+
+        With a ``components`` cache, components another engine already loaded from the same source
+        (on the same device and dtype) are reused rather than loaded again, and this engine shares
+        that engine's call lock.
+        """
         resolved_device, torch_dtype = resolve_device_dtype(device, dtype)
-        pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id)
-        return cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source)
+        resolved = EngineOptions.coerce(options).for_device(resolved_device)
+        variants = cls.component_variants(resolved)
+        group = ComponentCache.group(source, resolved_device, torch_dtype)
+        reuse = components.find(group, variants) if components is not None else {}
+        if reuse:
+            logger.info("%s: reusing %s already loaded from %s", model_id or source, ", ".join(sorted(reuse)), source)
+        pipe = load_pipeline(
+            cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id, **reuse
+        )
+        engine = cls(
+            pipe,
+            device=resolved_device,
+            dtype=torch_dtype,
+            model_id=model_id,
+            source=source,
+            options=resolved,
+            lock=components.call_lock(group) if components is not None else None,
+        )
+        if components is not None:
+            components.register(group, pipe.components, variants)
+        return engine
+
+    @classmethod
+    def component_variants(cls, options: EngineOptions) -> dict[str, str]:
+        """Components this engine needs in a form other engines may not share (an fp8 transformer)."""
+        if options.fp8 and cls.allows_fp8 and fp8_unavailable_reason() is None:
+            return {"transformer": "fp8"}
+        return {}
+
+    def apply_options(self, options: EngineOptions | Mapping[str, Any]) -> dict[str, str]:
+        """Apply (more) speed options to the loaded pipeline; what was done lands in
+        :attr:`optimisations`. Options only add: fusing, quantising or compiling is not undone."""
+        options = EngineOptions.coerce(options).for_device(self.device)
+        with self._lock:
+            pipe = self._require_pipe()
+            report = apply_optimisations(
+                pipe, options, qkv_fusion=self.qkv_fusion, fp8=self.allows_fp8, compile=self.allows_compile
+            )
+            self.options = options
+            self.optimisations = report
+            self._blocks = memory_blocks(*_pipeline_modules(pipe))
+            self.memory_bytes = sum(self._blocks.values())
+        return report
 
     # -- introspection
 
@@ -469,11 +950,27 @@ class DiffusersEngine:
     def vae_scale_factor(self) -> int:
         return int(getattr(self._require_pipe(), "vae_scale_factor", 8))
 
-    # -- the family hook
+    def memory_blocks(self) -> dict[Hashable, int]:
+        """This engine's allocations (see :func:`memory_blocks`), as of loading. The model manager
+        sums the union over its engines, so components engines share count once."""
+        return dict(getattr(self, "_blocks", {}))
+
+    # -- the family hooks
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         """The family's ``__call__`` arguments for ``call`` (prompt, sizes, steps, images, ...)."""
         raise NotImplementedError
+
+    def acceleration_config(self, level: str) -> Any | None:
+        """The diffusers cache config for ``level`` on this engine's transformer (``None``: none).
+
+        Raises :class:`InputError` for an unknown level. Families whose transformer cannot take the
+        shared config override this (FLUX.2 swaps First Block Cache for TaylorSeer).
+        """
+        return acceleration_config(level)
+
+    def accelerated(self, level: str) -> contextlib.AbstractContextManager[bool]:
+        return accelerated(self.denoiser, level, self.acceleration_config(level))
 
     def result_info(self, call: EngineCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         info: dict[str, Any] = {"seed": call.seed, "acceleration": call.acceleration}
@@ -482,6 +979,18 @@ class DiffusersEngine:
                 info[key] = kwargs[key]
         return info
 
+    @contextlib.contextmanager
+    def execution(self, call: EngineCall) -> Iterator[None]:
+        """How the transformer runs for ``call``: compiled and fused unless the call changes the
+        transformer (LoRAs, cache hooks), which would recompile it or bypass the LoRA layers."""
+        denoiser = self.denoiser
+        changes_transformer = bool(call.loras) or call.acceleration != "none"
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(eager_execution(changes_transformer and is_compiled(denoiser)))
+            if call.loras:
+                stack.enter_context(qkv_unfused(denoiser))
+            yield
+
     # -- Engine protocol
 
     def __call__(self, call: EngineCall, on_step: StepCallback) -> EngineResult:
@@ -489,9 +998,9 @@ class DiffusersEngine:
             raise InputError("task", f"{self.name} does not support {call.task!r}")
         if call.num_images < 1:
             raise InputError("num_images", "must be at least 1")
-        acceleration_config(call.acceleration)  # reject unknown levels before any work
         with self._lock:
             pipe = self._require_pipe()
+            self.acceleration_config(call.acceleration)  # reject unknown levels before any work
             kwargs = self.pipeline_kwargs(call)
             if call.acceleration != "none" and not self.opens_cache_contexts and _runs_true_cfg(kwargs):
                 raise InputError("acceleration", f"{self.name} cannot combine acceleration with a negative prompt")
@@ -501,15 +1010,15 @@ class DiffusersEngine:
             kwargs["callback_on_step_end"] = reporter
             kwargs["output_type"] = "pil"
             try:
-                with loras_applied(pipe, call.loras), accelerated(self.denoiser, call.acceleration):
+                with self.execution(call), loras_applied(pipe, call.loras), self.accelerated(call.acceleration):
                     output = pipe(**kwargs)
             except (JobCanceledError, InputError):
                 raise
             except Exception as exc:
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     # Return the failed call's cached blocks to the driver so the next job (and other
                     # engines on the device) do not inherit a fragmented allocator.
-                    _release_memory()
+                    release_memory()
                     raise EngineError(
                         f"{self.name}: out of memory on {self.device}; lower the size or num_images, "
                         "or give the model a device with more memory"
@@ -525,11 +1034,12 @@ class DiffusersEngine:
             pipe, self.pipe = self.pipe, None
             if pipe is None:
                 return
-            # The engine holds the only reference: dropping it and collecting frees the weights now
-            # rather than whenever the manager's caller lets go.
+            # Dropping the engine's reference and collecting frees the weights now rather than
+            # whenever the manager's caller lets go, unless another engine shares them.
             del pipe
             self.memory_bytes = 0
-            _release_memory()
+            self._blocks = {}
+            release_memory()
 
     def _require_pipe(self) -> Any:
         if self.pipe is None:

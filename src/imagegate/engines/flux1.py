@@ -34,6 +34,7 @@ RESTORE_PROMPT = (
 
 class _Flux1Engine(DiffusersEngine):
     family: ClassVar[str] = "flux1"
+    qkv_fusion = True
     default_steps: ClassVar[int | None] = None  # None: follow the weights (dev or schnell)
     default_guidance: ClassVar[float | None] = None
 

@@ -13,10 +13,6 @@ references), single- and multi-reference editing, and relighting. What differs p
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import threading
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -80,19 +76,6 @@ def flux2_regular_cache_config() -> TaylorSeerCacheConfig:
     )
 
 
-@contextlib.contextmanager
-def _flux2_regular_cache(denoiser: Any) -> Iterator[None]:
-    if getattr(denoiser, "is_cache_enabled", False):
-        denoiser.disable_cache()
-    denoiser.enable_cache(flux2_regular_cache_config())
-    try:
-        # Flux2Pipeline's loop opens no cache context of its own, and the hooks need one.
-        with denoiser.cache_context("imagegate"):
-            yield
-    finally:
-        denoiser.disable_cache()
-
-
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -104,22 +87,14 @@ class _Flux2Engine(DiffusersEngine):
     min_references: ClassVar[int] = 0
     max_references: ClassVar[int] = 0
 
-    def __init__(self, pipe: Any, **kwargs: Any) -> None:
-        super().__init__(pipe, **kwargs)
-        # Held around the whole call: "regular" attaches its cache hooks to the shared transformer
-        # before the base class takes its own lock, and no other call may run while they are on.
-        self._call_lock = threading.Lock()
+    qkv_fusion = True  # the double-stream blocks' attention (the single-stream one is fused natively)
 
-    def __call__(self, call: EngineCall, on_step: StepCallback) -> EngineResult:
-        with self._call_lock:
-            if call.acceleration != "regular":
-                return super().__call__(call, on_step)
-            if call.task not in self.tasks:  # fail before touching the transformer
-                raise InputError("task", f"{self.name} does not support {call.task!r}")
-            with _flux2_regular_cache(self.denoiser):
-                result = super().__call__(dataclasses.replace(call, acceleration="none"), on_step)
-            result.info["acceleration"] = call.acceleration
-            return result
+    def acceleration_config(self, level: str) -> Any | None:
+        # First Block Cache cannot run on Flux2Transformer2DModel (see FLUX2_REGULAR_CACHE_INTERVAL);
+        # "regular" is the gentle TaylorSeer instead. "none", "high" and validation are shared.
+        if level == "regular":
+            return flux2_regular_cache_config()
+        return super().acceleration_config(level)
 
     @property
     def size_multiple(self) -> int:

@@ -28,7 +28,14 @@ from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 from PIL import Image
 
 from imagegate.engines.base import EngineCall, EngineResult, StepCallback
-from imagegate.engines.diffusers_base import DiffusersEngine, _is_oom, _release_memory
+from imagegate.engines.diffusers_base import (
+    DiffusersEngine,
+    eager_execution,
+    is_compiled,
+    is_out_of_memory,
+    qkv_unfused,
+    release_memory,
+)
 from imagegate.engines.flux2 import DEV_GUIDANCE, DEV_STEPS, MAX_SEQUENCE_LENGTH
 from imagegate.exceptions import EngineError, InputError, JobCanceledError
 
@@ -107,6 +114,12 @@ class Flux2LoraTrainer(DiffusersEngine):
     pipeline_class = Flux2Pipeline
     tasks: ClassVar[frozenset[str]] = frozenset({"train-lora"})
     family: ClassVar[str] = "flux2"
+    # Training needs the bf16 weights and autograd through plain modules. Loaded through a shared
+    # component cache the trainer reuses the inference engines' bf16 transformer (fused and compiled
+    # or not: training runs it eagerly on its separate Q/K/V projections, where the LoRA sits).
+    qkv_fusion = True
+    allows_fp8 = False
+    allows_compile = False
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         raise InputError("task", "the LoRA trainer does not generate images")
@@ -221,12 +234,13 @@ class Flux2LoraTrainer(DiffusersEngine):
         with self._lock:
             pipe = self._require_pipe()
             try:
-                return self._train(call, on_step, pipe, steps, learning_rate, rank, side * side, caption)
+                with eager_execution(is_compiled(pipe.transformer)), qkv_unfused(pipe.transformer):
+                    return self._train(call, on_step, pipe, steps, learning_rate, rank, side * side, caption)
             except (JobCanceledError, InputError):
                 raise
             except Exception as exc:
-                if _is_oom(exc):
-                    _release_memory()
+                if is_out_of_memory(exc):
+                    release_memory()
                     raise EngineError(
                         f"{self.name}: out of memory training on {self.device}; lower the resolution or rank"
                     ) from exc

@@ -83,8 +83,10 @@ class CfgRangeHook(ModelHook):
     ``neg + s * (cond - neg)`` is exactly ``cond`` and its norm rescaling ``cond * |cond| / |cond|``
     is exactly 1, so those steps are bit-identical to running without guidance.
 
-    The hook stays registered for the engine's lifetime and is inert unless :meth:`configure` gave
-    it a window; the engine lock serialises calls, and every call reconfigures it.
+    The hook stays registered for the transformer's lifetime and is inert unless :meth:`configure`
+    gave it a window. Engines that share the transformer (text-to-image and edit on one checkpoint)
+    share the hook too; their shared call lock serialises calls, and every call reconfigures it with
+    its own pipeline.
     """
 
     _is_stateful = True
@@ -99,7 +101,9 @@ class CfgRangeHook(ModelHook):
         self.skipped_passes = 0
         self._cond_output: Any = None
 
-    def configure(self, window: tuple[float, float] | None) -> None:
+    def configure(self, window: tuple[float, float] | None, pipe: Any = None) -> None:
+        if pipe is not None:
+            self._pipe = weakref.ref(pipe)
         self.window = window
         self.step_index = -1
         self.skipped_passes = 0
@@ -159,8 +163,12 @@ class _QwenImageEngine(DiffusersEngine):
 
     def __init__(self, pipe: Any, **kwargs: Any) -> None:
         super().__init__(pipe, **kwargs)
-        self.cfg_hook = CfgRangeHook(pipe)
-        HookRegistry.check_if_exists_or_initialize(pipe.transformer).register_hook(self.cfg_hook, CFG_RANGE_HOOK)
+        registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
+        hook = registry.get_hook(CFG_RANGE_HOOK)
+        if hook is None:
+            hook = CfgRangeHook(pipe)
+            registry.register_hook(hook, CFG_RANGE_HOOK)
+        self.cfg_hook: CfgRangeHook = hook
 
     @property
     def size_multiple(self) -> int:
@@ -172,9 +180,9 @@ class _QwenImageEngine(DiffusersEngine):
         if scale <= 1.0 or start >= end:
             # No step is guided: leave the negative branch out entirely rather than skipping it
             # step by step (it also saves encoding the negative prompt).
-            self.cfg_hook.configure(None)
+            self.cfg_hook.configure(None, self.pipe)
             return {"true_cfg_scale": 1.0, "negative_prompt": None}
-        self.cfg_hook.configure(None if (start, end) == (0.0, 1.0) else (start, end))
+        self.cfg_hook.configure(None if (start, end) == (0.0, 1.0) else (start, end), self.pipe)
         return {"true_cfg_scale": scale, "negative_prompt": call.negative_prompt or EMPTY_NEGATIVE_PROMPT}
 
     def common_kwargs(self, call: EngineCall) -> dict[str, Any]:

@@ -243,16 +243,24 @@ class WebhookOutbox:
                 ).rowcount
                 if folded:
                     return
-            last_progress = conn.execute(
-                select(e.c.created_at)
+            last_query = (
+                select(e.c.created_at, e.c.next_attempt_at, e.c.state)
                 .where(e.c.job_id == job.id, e.c.event_type == PROGRESS)
                 .order_by(e.c.id.desc())
                 .limit(1)
-            ).scalar()
-            if last_progress is not None:
-                # A progress event's created_at is the moment it was due, so the spacing holds
-                # between what is sent, not only between what is recorded.
-                due = created = max(now, last_progress + PROGRESS_THROTTLE_SECONDS)
+            )
+            if self.postgres:
+                # Serialises with finish_attempt on that row: either its outcome is seen here, or
+                # the new event is committed before it pushes the job's later progress.
+                last_query = last_query.with_for_update()
+            last = conn.execute(last_query).first()
+            if last is not None:
+                # A progress event's created_at is the moment it was due, and a finished one's
+                # next_attempt_at is when its last attempt ended: spacing holds between what is sent,
+                # not only between what is recorded. (One still in flight pushes its successor
+                # when it finishes, in finish_attempt.)
+                sent = last.next_attempt_at if last.state != PENDING else last.created_at
+                due = created = max(now, last.created_at + PROGRESS_THROTTLE_SECONDS, sent + PROGRESS_THROTTLE_SECONDS)
         terminal = event_type in TERMINAL_TYPES
         if terminal:
             # Progress still waiting when the job ends is stale: the final status supersedes it
@@ -356,15 +364,18 @@ class WebhookOutbox:
         """Record the attempt and the event's new state. False when the lease was lost meanwhile
         (the attempt is recorded all the same: it happened)."""
         e = _events
+        ended = result.attempted_at + result.duration_ms / 1000.0
         values: dict[str, Any] = dict(
             state=result.state,
-            next_attempt_at=result.next_attempt_at,
+            # A finished event keeps the end of its last attempt here (the progress throttle
+            # measures from it).
+            next_attempt_at=result.next_attempt_at if result.state == PENDING else ended,
             lease_expires_at=None,
             last_status_code=result.status_code,
             last_error=result.error,
         )
         if result.state == DELIVERED:
-            values["delivered_at"] = result.attempted_at + result.duration_ms / 1000.0
+            values["delivered_at"] = ended
         with self.engine.begin() as conn:
             conn.execute(
                 _attempts.insert().values(
@@ -381,6 +392,21 @@ class WebhookOutbox:
                 .where(e.c.id == event.id, e.c.state == PENDING, e.c.lease_expires_at == event.lease_expires_at)
                 .values(**values)
             ).rowcount
+            if owned and event.event_type == PROGRESS:
+                # The job's next progress update waits a full throttle interval after this one
+                # was answered, however late this one went out.
+                spaced = ended + PROGRESS_THROTTLE_SECONDS
+                conn.execute(
+                    update(e)
+                    .where(
+                        e.c.job_id == event.job_id,
+                        e.c.event_type == PROGRESS,
+                        e.c.state == PENDING,
+                        e.c.id > event.id,
+                        e.c.next_attempt_at < spaced,
+                    )
+                    .values(next_attempt_at=spaced)
+                )
             if owned and result.stop_request:
                 conn.execute(
                     update(e)
