@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,16 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
     return store
 
 
+class _Terminated(Exception):
+    """SIGTERM reached the server: leave the HTTP loop and run the shutdown steps."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    # Once: a second SIGTERM must not cut the workers' grace period short (SIGKILL does).
+    signal.signal(signal.SIGTERM, lambda *_: logging.getLogger("imagegate").info("already stopping"))
+    raise _Terminated()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -39,6 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if supervisor:
         supervisor.start()
     thread, stop_deliverer = start_deliverer_thread(store, settings)
+    # uvicorn handles SIGTERM itself (it drains HTTP), then raises the signal again against the
+    # handler that was installed before it. With the default handler that kills the process on
+    # the spot and the steps below never run: the workers were orphaned instead of being given
+    # their grace period. This handler turns that second delivery into an exception instead.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         uvicorn.run(
             create_app(settings, store=store),
@@ -48,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
+    except _Terminated:
+        logging.getLogger("imagegate").info("SIGTERM: stopping the workers (grace %gs)", settings.shutdown_grace_seconds)
     finally:
         stop_deliverer.set()
         if supervisor:

@@ -184,13 +184,19 @@ def test_out_of_memory_becomes_engine_error(t2i_engine, monkeypatch):
 
 def test_memory_bytes_and_unload(flux1_dirs):
     engine = Flux1TextToImage.load(str(flux1_dirs["t2i"]), device="cpu", dtype="float32")
-    expected = sum(
-        t.numel() * t.element_size()
+    # Each allocation once: the fused QKV projections' parts are views of the fused weight.
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
         for module in engine.pipe.components.values()
         if isinstance(module, torch.nn.Module)
         for t in list(module.parameters()) + list(module.buffers())
-    )
+    }
+    expected = sum(storages.values())
     assert engine.memory_bytes == expected > 100_000
+    unfused = Flux1TextToImage.load(str(flux1_dirs["t2i"]), device="cpu", dtype="float32",
+                                    options={"fuse_qkv": False})
+    assert unfused.memory_bytes == engine.memory_bytes  # fusing costs no memory
+    unfused.unload()
     engine.unload()
     assert engine.memory_bytes == 0
     with pytest.raises(EngineError, match="unloaded"):

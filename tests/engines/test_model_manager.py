@@ -34,21 +34,23 @@ def test_get_loads_once_and_keeps_warm(flux1_dirs):
         ("flux1.text-to-image", "tiny-flux1"),
         ("flux1.image-to-image", "tiny-flux1"),
     ]
-    assert manager.used_bytes == engine.memory_bytes + img2img.memory_bytes
+    # Both engines run on one copy of the weights, and the budget counts it once.
+    assert img2img.pipe.transformer is engine.pipe.transformer
+    assert manager.used_bytes == engine.memory_bytes == img2img.memory_bytes
     image = engine(EngineCall(task="text-to-image", prompt="cat", width=64, height=64, num_inference_steps=1),
                    lambda step, total: None).images[0]
     assert image.size == (64, 64)
 
 
 def test_lru_eviction_under_a_tiny_budget(flux1_dirs):
-    source, kontext = str(flux1_dirs["t2i"]), str(flux1_dirs["kontext"])
+    source, schnell, kontext = str(flux1_dirs["t2i"]), str(flux1_dirs["schnell"]), str(flux1_dirs["kontext"])
     probe = Flux1TextToImage.load(source, device="cpu", dtype="float32")
     size = probe.memory_bytes
     probe.unload()
 
     manager = ModelManager("cpu", "float32", memory_budget_bytes=int(size * 2.5))
     a = manager.get("a", "flux1.text-to-image", source)
-    b = manager.get("b", "flux1.image-to-image", source)
+    b = manager.get("b", "flux1.image-to-image", schnell)  # other weights: nothing shared
     manager.get("a", "flux1.text-to-image", source)  # a is now the most recently used
     c = manager.get("c", "flux1.kontext", kontext)
     assert [l.model_id for l in manager.loaded()] == ["a", "c"]
@@ -56,7 +58,8 @@ def test_lru_eviction_under_a_tiny_budget(flux1_dirs):
     assert a.memory_bytes > 0 and c.memory_bytes > 0
     assert manager.used_bytes <= manager.memory_budget_bytes
 
-    # A budget smaller than one model still serves it, alone.
+    # A budget smaller than one model still serves it, alone. (Here the second engine shares the
+    # first one's weights; evicting the first frees nothing, but it is still the one that goes.)
     small = ModelManager("cpu", "float32", memory_budget_bytes=1)
     first = small.get("a", "flux1.text-to-image", source)
     second = small.get("b", "flux1.image-to-image", source)

@@ -137,7 +137,7 @@ def test_empty_list(checker: SafetyChecker) -> None:
 
 def test_scales_normalise_to_strictness() -> None:
     assert [strictness_for(level, "1-6") for level in range(1, 7)] == [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
-    assert [strictness_for(level, "0-2") for level in range(0, 3)] == [1.0, 0.5, 0.0]
+    assert [strictness_for(level, "0-2") for level in range(3)] == [1.0, 0.5, 0.0]
     assert [strictness_for(level, "1-3") for level in range(1, 4)] == [1.0, 0.5, 0.0]
     assert strictness_for(2, "1-4") == pytest.approx(2 / 3)
     assert strictness_for("2", "1-6") == strictness_for(2, "1-6")  # flux-pro sends strings
@@ -155,7 +155,7 @@ def test_check_rejects_bad_tolerances_as_engine_errors(checker: SafetyChecker, p
 def test_table_is_monotonic_in_every_scale() -> None:
     for scale in TOLERANCE_SCALES:
         rules = [policy(level, scale) for level in _levels(scale)]
-        for looser, stricter in zip(rules, rules[1:]):
+        for looser, stricter in itertools.pairwise(rules):
             assert stricter.strictness > looser.strictness
             assert stricter.unsafe_labels >= looser.unsafe_labels
             assert stricter.min_score <= looser.min_score
@@ -191,4 +191,4 @@ def test_verdict_lists_what_flagged_it_highest_first() -> None:
     )
     assert verdict.flagged
     assert verdict.labels == [("FEMALE_BREAST_EXPOSED", 0.8), ("BUTTOCKS_EXPOSED", 0.7)]
-    assert [label for label, _ in verdict.detections][0] == "FACE_FEMALE" and len(verdict.detections) == 4
+    assert next(label for label, _ in verdict.detections) == "FACE_FEMALE" and len(verdict.detections) == 4

@@ -7,6 +7,7 @@ a 1 MP target), which take many minutes on a small CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
@@ -23,8 +24,8 @@ from imagegate.engines.upscaler import (
     CPU_TILE_SIZE,
     MAX_OUTPUT_PIXELS,
     MEGAPIXEL,
-    PassPlan,
     TILE_PAD,
+    PassPlan,
     RealEsrganUpscaler,
     output_size,
     plan_passes,
@@ -92,8 +93,9 @@ def test_output_size_target_mode_keeps_aspect_and_megapixels() -> None:
     for width, height in [(64, 48), (333, 777), (1920, 1080), (5000, 20)]:
         for target in range(1, 9):
             w, h = output_size(width, height, "target", target, None)
-            assert w * h <= MAX_OUTPUT_PIXELS
-            assert abs(w * h / (target * MEGAPIXEL) - 1) < 0.02, (width, height, target, w, h)
+            # At most the target (the price boundary at 4 MP depends on it), and close to it.
+            assert w * h <= target * MEGAPIXEL
+            assert w * h / (target * MEGAPIXEL) > 0.98, (width, height, target, w, h)
             assert abs(w / h - width / height) <= (width / height) * 2 / min(w, h)
 
 
@@ -132,7 +134,7 @@ def test_tile_spans_partition_without_slivers() -> None:
         for tile in (32, 48, 128):
             spans = tile_spans(length, tile, TILE_PAD)
             assert spans[0][0] == 0 and spans[-1][1] == length
-            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
             sizes = [end - start for start, end in spans]
             if length <= tile + 2 * TILE_PAD:
                 assert spans == [(0, length)]  # fits one padded tile: no split
@@ -153,7 +155,7 @@ def test_plan_passes() -> None:
         plans = plan_passes(size, out, 4)
         assert plans[0].input_size == size  # the model always sees the original pixels first
         assert plans[-1].output_size == out
-        for before, after in zip(plans, plans[1:]):
+        for before, after in itertools.pairwise(plans):
             # Later passes only ever shrink what the previous pass made.
             assert after.input_size[0] <= before.output_size[0] and after.input_size[1] <= before.output_size[1]
         assert 4 ** (len(plans) - 1) < max(out[0] / size[0], out[1] / size[1]) <= 4 ** len(plans)
@@ -187,6 +189,26 @@ def test_realesrgan_against_bicubic_on_a_photograph(engine: RealEsrganUpscaler, 
     assert psnr["realesrgan"] > psnr["bicubic"] - 1.5
     assert psnr["realesrgan+realism"] > psnr["realesrgan"]
     assert detail["realesrgan"] > 0.3 and detail["realesrgan"] > 10 * detail["bicubic"]
+
+
+def test_endpoint_defaults_beat_bicubic_on_a_web_round_trip(engine: RealEsrganUpscaler, photo: Image.Image) -> None:
+    """The down-then-up round trip as images travel: downscaled, then stored as JPEG (q 90).
+
+    With the endpoint's defaults (enhance_realism on) Real-ESRGAN beats bicubic on PSNR against the
+    original here (measured 21.35 dB vs 21.03; at q 75: 20.84 vs 20.52). On a clean bicubic
+    downscale with no JPEG step it does not (21.62 vs 21.64, see the test above).
+    """
+    import io
+
+    small = photo.resize((56, 56), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=90)
+    stored = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    upscaled, _, _ = _run(engine, _call(stored, upscale_mode="factor", factor=4))
+    bicubic = stored.resize(photo.size, Image.Resampling.BICUBIC)
+    esrgan_db, bicubic_db = _psnr(upscaled, photo), _psnr(bicubic, photo)
+    print(f"\nJPEG q90 round trip: Real-ESRGAN (defaults) {esrgan_db:.2f} dB, bicubic {bicubic_db:.2f} dB")
+    assert esrgan_db > bicubic_db + 0.1
 
 
 def test_factor_mode_exact_size_and_steps(engine: RealEsrganUpscaler, photo: Image.Image) -> None:
@@ -271,7 +293,7 @@ def test_cancel_stops_between_tiles(photo: Image.Image) -> None:
 
 def test_enhance_flags_change_the_output_as_documented(engine: RealEsrganUpscaler, photo: Image.Image) -> None:
     image = photo.resize((40, 40), Image.Resampling.LANCZOS)
-    base = dict(upscale_mode="factor", factor=2)
+    base = {"upscale_mode": "factor", "factor": 2}
     plain, _, _ = _run(engine, _call(image, enhance_details=False, enhance_realism=False, **base))
     details, _, _ = _run(engine, _call(image, enhance_details=True, enhance_realism=False, **base))
     realism, _, _ = _run(engine, _call(image, seed=7, enhance_details=False, enhance_realism=True, **base))
@@ -404,5 +426,5 @@ def test_large_input_factor_2_runs_in_bounded_memory(photo: Image.Image) -> None
 def test_target_mode_through_the_model(engine: RealEsrganUpscaler, photo: Image.Image) -> None:
     image = photo.resize((300, 200), Image.Resampling.LANCZOS)
     out, steps, info = _run(engine, _call(image, upscale_mode="target", target=1))
-    assert out.size == output_size(300, 200, "target", 1, None) == (1225, 816)
+    assert out.size == output_size(300, 200, "target", 1, None) == (1224, 816)
     assert info["model_passes"] == 2 and steps[-1][0] == steps[-1][1] == info["tiles"]

@@ -98,7 +98,7 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     gaps = [b.at - a.at for a, b in zip(progress, progress[1:], strict=False)]
     assert all(g >= 0.45 for g in gaps), gaps
     values = [r.json["progress"] for r in progress]
-    assert values == sorted(values) and values[-1] > 0.5  # the newest numbers, folded in
+    assert values == sorted(values) and values[-1] > values[0]
     ids = [r.webhook_id for r in got]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
@@ -158,18 +158,20 @@ def test_batch_and_dojo_payloads(sqlite_store: JobStore, kit_factory: KitFactory
 def test_events_of_a_request_arrive_in_order(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
     kit = kit_factory(store)
     receiver.script = [Reply(500), Reply(500)]
-    kit.deliverer(policy=RetryPolicy(base_delay=0.4, max_delay=1.0, jitter=0.0))
+    kit.deliverer(policy=RetryPolicy(base_delay=1.0, max_delay=1.0, jitter=0.0))
     job = kit.submit(receiver.url(), "events", ["start", "completed"])
     claimed = kit.claim(job)
     receiver.wait_for(1)
     deadline = time.monotonic() + 5
-    while kit.outbox.attempts_for_job(job.id) == []:  # the start event failed once and waits 0.4 s
+    while kit.outbox.attempts_for_job(job.id) == []:  # the start event failed once and waits 1 s
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    finished_at = time.time()
     kit.finish(claimed)  # the final event now exists, but must not overtake the pending start
     kit.wait_state(job.id, "completed", DELIVERED)
-    kinds = [r.json["status"] for r in receiver.requests]
-    assert kinds == ["PROCESSING", "PROCESSING", "COMPLETED"]
+    got = receiver.requests
+    assert [r.json["status"] for r in got] == ["PROCESSING", "PROCESSING", "COMPLETED"]
+    assert got[1].at > finished_at  # the start was still pending when the final event existed
     start = kit.event(job.id, "start")
     assert start.state == DROPPED and "superseded" in (start.last_error or "")
 
@@ -184,17 +186,16 @@ def test_a_slow_receiver_delays_neither_other_targets_nor_cancels(sqlite_store: 
     kit.deliverer()
     try:
         kit.run(slow)
-        receiver.wait_for(1, path="/slow")  # now stuck inside the slow receiver
-        t0 = time.monotonic()
+        receiver.wait_for(1, path="/slow")  # now stuck inside the slow receiver until the gate opens
         kit.run(fast)
-        receiver.wait_for(1, path="/fast", timeout=2.0)
-        assert time.monotonic() - t0 < 1.0
+        receiver.wait_for(1, path="/fast", timeout=4.0)
         t1 = time.monotonic()
         canceled = kit.store.cancel(waiting.id, kit.key.id)
-        assert canceled.status is JobStatus.CANCELED and time.monotonic() - t1 < 0.5
-        (c,) = receiver.wait_for(1, path="/cancel", timeout=2.0)
+        assert canceled.status is JobStatus.CANCELED and time.monotonic() - t1 < 2.0
+        (c,) = receiver.wait_for(1, path="/cancel", timeout=4.0)
         assert c.json["status"] == "CANCELED"
-        assert kit.event(slow.id, "completed").state == PENDING
+        slow_event = kit.event(slow.id, "completed")
+        assert slow_event.state == PENDING and slow_event.lease_expires_at is not None  # still in flight
     finally:
         gate.set()
     kit.wait_state(slow.id, "completed", DELIVERED)

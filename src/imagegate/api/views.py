@@ -53,7 +53,7 @@ def status_view(job: Job, base_url: str, *, inline: list[str] | None = None) -> 
         "model_id": public_model_id(job),
         "error": job.error,
         "output": output,
-        "progress": job.progress,
+        "progress": float(job.progress),
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
         "completed_at": iso(job.completed_at),

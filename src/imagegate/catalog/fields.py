@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
 from imagegate.catalog.base import FLUX2_SIZE_PRESETS, IMAGE_SIZE_PRESETS, check_custom_size
 
@@ -38,12 +38,19 @@ def _no_controls(value: str) -> str:
     return value
 
 
-Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(non_blank)]
+# `pattern` only documents the non-blank rule in the OpenAPI schema; non_blank() enforces it.
+Prompt = Annotated[
+    StrictStr, Field(max_length=MAX_PROMPT_CHARS, json_schema_extra={"pattern": r"\S"}), AfterValidator(non_blank)
+]
 OptionalText = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Number = StrictFloat | StrictInt
 Bool = StrictBool
-ImageUrl = Annotated[StrictStr, Field(min_length=1), AfterValidator(_url)]
+ImageUrl = Annotated[
+    StrictStr,
+    Field(min_length=1, json_schema_extra={"pattern": r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+|[Dd][Aa][Tt][Aa]:[^,]*,)"}),
+    AfterValidator(_url),
+]
 WebhookUrl = Annotated[StrictStr, Field(max_length=2048), AfterValidator(_no_controls)]
 
 
@@ -52,7 +59,11 @@ def ranged_int(lo: int, hi: int) -> Any:
 
 
 def ranged_float(lo: float, hi: float) -> Any:
-    return Annotated[StrictFloat | StrictInt, Field(ge=lo, le=hi)]
+    # Bounds on a union end up as non-standard "ge"/"le" keys in the JSON schema; state them as
+    # JSON Schema's minimum/maximum so the OpenAPI document carries the range.
+    return Annotated[
+        StrictFloat | StrictInt, Field(ge=lo, le=hi), WithJsonSchema({"type": "number", "minimum": lo, "maximum": hi})
+    ]
 
 
 def image_size_field(max_side: int = 2048, presets: dict[str, tuple[int, int]] = IMAGE_SIZE_PRESETS) -> Any:
@@ -68,7 +79,14 @@ def image_size_field(max_side: int = 2048, presets: dict[str, tuple[int, int]] =
             return {"width": width, "height": height}
         raise ValueError(f"must be one of: {names}, or an object {{width, height}}")
 
-    return Annotated[Any, AfterValidator(check)]
+    side = {"type": "integer", "minimum": 64, "maximum": max_side, "multipleOf": 16}
+    schema = {
+        "anyOf": [
+            {"type": "string", "enum": list(presets)},
+            {"type": "object", "properties": {"width": side, "height": side}, "required": ["width", "height"]},
+        ]
+    }
+    return Annotated[Any, AfterValidator(check), WithJsonSchema(schema)]
 
 
 def resolve_image_size(value: Any, presets: dict[str, tuple[int, int]] = IMAGE_SIZE_PRESETS) -> tuple[int, int]:
@@ -83,7 +101,7 @@ class LoraWeight(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     path: ImageUrl
-    scale: Annotated[StrictFloat | StrictInt, Field(ge=0, le=2)] = 1.0
+    scale: ranged_float(0, 2) = 1.0
 
 
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed", "complete", "failed", "*")

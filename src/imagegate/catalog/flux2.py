@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StrictStr, field_validator
+from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, field_validator
 
 from imagegate.catalog.base import (
     FLUX2_SIZE_PRESETS,
@@ -51,7 +51,7 @@ def _wxh(value: str) -> str:
 class Flux2EditRequest(RequestSchema):
     prompt: Prompt
     image_urls: Annotated[list[ImageUrl], Field(min_length=1, max_length=10)]
-    image_size: Annotated[StrictStr, AfterValidator(_wxh)] = "auto"
+    image_size: Annotated[StrictStr, AfterValidator(_wxh), Field(json_schema_extra={"pattern": "^(auto|[0-9]+[xX][0-9]+)$"})] = "auto"
     safety_tolerance: Literal["1", "2", "3"] = "2"
     enable_safety_checker: Bool = True
     output_format: Literal["jpeg", "png", "webp"] = "jpeg"
@@ -134,6 +134,9 @@ def klein_price(p: dict[str, Any]) -> int:
     return usd(KLEIN_PRICES[-1][1])
 
 
+KLEIN_SIDE_SCHEMA = {"type": "integer", "enum": list(KLEIN_SIDES)}
+
+
 def _klein_side(value: int) -> int:
     if value not in KLEIN_SIDES:
         raise ValueError("must be one of: 512, 1024, 1448, 2048")
@@ -143,8 +146,8 @@ def _klein_side(value: int) -> int:
 class KleinRequest(RequestSchema):
     prompt: Prompt
     steps: ranged_int(1, 50) = 25
-    width: Annotated[int, Field(strict=True), AfterValidator(_klein_side)] = 1024
-    height: Annotated[int, Field(strict=True), AfterValidator(_klein_side)] = 1024
+    width: Annotated[int, Field(strict=True), AfterValidator(_klein_side), WithJsonSchema(KLEIN_SIDE_SCHEMA)] = 1024
+    height: Annotated[int, Field(strict=True), AfterValidator(_klein_side), WithJsonSchema(KLEIN_SIDE_SCHEMA)] = 1024
     seed: Seed | None = None
 
 

@@ -46,7 +46,7 @@ def image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     )
 
 
-RelightPrompt = Annotated[StrictStr, Field(max_length=800), AfterValidator(non_blank)]
+RelightPrompt = Annotated[StrictStr, Field(max_length=800, json_schema_extra={"pattern": r"\S"}), AfterValidator(non_blank)]
 
 
 class RelightRequest(WebhookFields, RequestSchema):

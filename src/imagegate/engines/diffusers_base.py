@@ -44,15 +44,18 @@ __all__ = [
     "EngineOptions",
     "acceleration_config",
     "accelerated",
+    "apply_optimisations",
     "apply_loras",
     "remove_loras",
     "loras_applied",
     "lora_adapter_name",
     "load_pipeline",
     "compile_denoiser",
+    "compile_failed",
     "eager_execution",
     "fp8_unavailable_reason",
     "fuse_qkv_projections",
+    "is_compile_error",
     "is_compiled",
     "make_generator",
     "memory_blocks",
@@ -193,8 +196,16 @@ def load_pipeline(
         if not is_local and type(exc).__name__ == "HFValidationError":
             raise WeightsNotFoundError(weights_not_found_message(source, model_id)) from exc
         raise EngineError(f"{model_id or source}: cannot load {pipeline_class.__name__}: {exc}") from exc
+    # Components passed in (shared with another engine) are already where they belong: moving them
+    # again could only disturb the engine using them.
+    passed = {name for name, value in from_pretrained_kwargs.items() if isinstance(value, torch.nn.Module)}
     try:
-        pipe.to(resolved_device)
+        if passed:
+            for name, component in pipe.components.items():
+                if isinstance(component, torch.nn.Module) and name not in passed:
+                    component.to(resolved_device)
+        else:
+            pipe.to(resolved_device)
     except torch.OutOfMemoryError as exc:
         del pipe
         release_memory()
@@ -444,10 +455,11 @@ def qkv_unfused(transformer: Any) -> Iterator[None]:
             module.fused_projections = True
 
 
-# Linear layers fp8 leaves alone: the input and output projections (small, and the most sensitive to
-# rounding) and the timestep / guidance embedders (one row each, nothing to gain).
+# Top-level submodules whose Linear layers fp8 leaves alone: the model's input and output projections
+# (small, and the most sensitive to rounding) and the timestep / guidance embedders (one row each,
+# nothing to gain). Blocks' own layers (a single-stream block's proj_out included) are quantised.
 FP8_SKIP = ("x_embedder", "context_embedder", "img_in", "txt_in", "txt_norm", "proj_out", "norm_out",
-            "time_text_embed", "time_guidance_embed", "timestep_embedder", "guidance_embedder")
+            "time_text_embed", "time_guidance_embed")
 
 
 def fp8_unavailable_reason() -> str | None:
@@ -495,7 +507,7 @@ def quantize_fp8(transformer: torch.nn.Module) -> int:
             isinstance(module, torch.nn.Linear)
             and module.in_features % 16 == 0
             and module.out_features % 16 == 0
-            and not any(part in name.split(".") for part in FP8_SKIP)
+            and name.split(".")[0] not in FP8_SKIP
         )
         count += ok
         return ok
@@ -506,7 +518,22 @@ def quantize_fp8(transformer: torch.nn.Module) -> int:
 
 
 def is_compiled(module: Any) -> bool:
+    """Whether ``module`` was compiled (its compiled code runs unless :func:`eager_execution`)."""
     return module is not None and "compile" in _applied(module)
+
+
+def compile_failed(module: Any) -> bool:
+    """Whether compiling ``module`` failed once; it then runs eagerly for good."""
+    return module is not None and "compile_failed" in _applied(module)
+
+
+def is_compile_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) comes from torch.compile's tracing or code generation."""
+    while exc is not None:
+        if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def compile_denoiser(denoiser: torch.nn.Module, backend: str = "inductor") -> str:
@@ -540,14 +567,15 @@ def _channels_last_ok(vae: torch.nn.Module) -> bool:
     return all(p.dim() != 5 for p in vae.parameters())
 
 
-def apply_optimisations(pipe: Any, options: EngineOptions, *, qkv_fusion: bool, fp8: bool, compile: bool) -> dict[str, str]:
-    """Apply ``options`` to ``pipe`` in place (idempotently: components may be shared with other
-    engines that applied them already). ``qkv_fusion``/``fp8``/``compile`` say whether the engine
-    class allows each. Returns a description of each option's outcome ("on", "off", "n/a: why")."""
+def apply_optimisations(
+    pipe: Any, options: EngineOptions, *, device: str, qkv_fusion: bool = True, fp8: bool = True, compile: bool = True
+) -> dict[str, str]:
+    """Apply ``options`` to ``pipe`` (on ``device``) in place, idempotently: components may be
+    shared with engines that applied them already. ``qkv_fusion``/``fp8``/``compile`` say whether the
+    engine allows each. Returns each option's outcome: "on", "off" or "n/a: why"."""
     report: dict[str, str] = {}
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    execution = getattr(pipe, "_execution_device", None)
-    on_cuda = torch.device(execution).type == "cuda" if execution is not None else False
+    on_cuda = torch.device(device).type == "cuda"
 
     if options.tf32 and on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -561,9 +589,13 @@ def apply_optimisations(pipe: Any, options: EngineOptions, *, qkv_fusion: bool, 
         why = None if fp8 else "this engine trains the weights"
         why = why or (None if denoiser is not None else "no transformer") or fp8_unavailable_reason()
         if why is None:
-            quantize_fp8(denoiser)
-            quantised = True
-            report["fp8"] = "on"
+            try:
+                count = quantize_fp8(denoiser)
+                quantised = True
+                report["fp8"] = f"on ({count} layers)" if count else "on (shared)"
+            except Exception as exc:  # a torchao that does not fit: serve unquantised rather than not at all
+                logger.warning("fp8 quantisation failed, serving bf16: %s", exc, exc_info=True)
+                report["fp8"] = f"n/a: quantisation failed: {type(exc).__name__}: {exc}"
         else:
             report["fp8"] = f"n/a: {why}"
     else:
@@ -575,10 +607,13 @@ def apply_optimisations(pipe: Any, options: EngineOptions, *, qkv_fusion: bool, 
     elif quantised:
         report["fuse_qkv"] = "n/a: fp8 weights are not fused"
     elif not qkv_fusion or denoiser is None:
-        report["fuse_qkv"] = "n/a: attention has no fused path"
+        report["fuse_qkv"] = "n/a: not supported by this engine"
     else:
-        fuse_qkv_projections(denoiser)
-        report["fuse_qkv"] = "on"
+        try:
+            fused = fuse_qkv_projections(denoiser)
+            report["fuse_qkv"] = "on" if fused else "n/a: nothing to fuse"
+        except ValueError as exc:  # diffusers refuses models with "added KV" attention processors
+            report["fuse_qkv"] = f"n/a: {exc}"
 
     vae = getattr(pipe, "vae", None)
     if not options.channels_last_vae:
@@ -628,6 +663,7 @@ class ComponentCache:
         self._lock = threading.Lock()
         self._entries: dict[tuple[Hashable, str, str], weakref.ReferenceType] = {}
         self._call_locks: dict[Hashable, threading.Lock] = {}
+        self._load_locks: dict[Hashable, threading.Lock] = {}
 
     @staticmethod
     def group(source: str, device: str, dtype: torch.dtype) -> tuple[str, str, str]:
@@ -636,8 +672,14 @@ class ComponentCache:
         return key, str(torch.device(device)), str(dtype)
 
     def call_lock(self, group: Hashable) -> threading.Lock:
+        """The lock every engine over ``group``'s components holds while it runs."""
         with self._lock:
             return self._call_locks.setdefault(group, threading.Lock())
+
+    def load_lock(self, group: Hashable) -> threading.Lock:
+        """Held while an engine over ``group`` loads (never while it runs)."""
+        with self._lock:
+            return self._load_locks.setdefault(group, threading.Lock())
 
     def find(self, group: Hashable, variants: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The live components of ``group`` with the wanted variants (``""`` unless named)."""
@@ -869,7 +911,7 @@ class DiffusersEngine:
         self._lock = lock or threading.Lock()
         self.options = EngineOptions.coerce(options).for_device(device)
         self.optimisations: dict[str, str] = {}
-        self.apply_options(self.options)
+        self.apply_options(EngineOptions.coerce(options))
 
     # -- factory
 
@@ -891,25 +933,29 @@ class DiffusersEngine:
         that engine's call lock.
         """
         resolved_device, torch_dtype = resolve_device_dtype(device, dtype)
-        resolved = EngineOptions.coerce(options).for_device(resolved_device)
-        variants = cls.component_variants(resolved)
+        requested = EngineOptions.coerce(options)
+        if components is None:
+            pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id)
+            return cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
+        variants = cls.component_variants(requested.for_device(resolved_device))
         group = ComponentCache.group(source, resolved_device, torch_dtype)
-        reuse = components.find(group, variants) if components is not None else {}
-        if reuse:
-            logger.info("%s: reusing %s already loaded from %s", model_id or source, ", ".join(sorted(reuse)), source)
-        pipe = load_pipeline(
-            cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id, **reuse
-        )
-        engine = cls(
-            pipe,
-            device=resolved_device,
-            dtype=torch_dtype,
-            model_id=model_id,
-            source=source,
-            options=resolved,
-            lock=components.call_lock(group) if components is not None else None,
-        )
-        if components is not None:
+        # One load per source at a time, so a concurrent second engine reuses the first's components.
+        with components.load_lock(group):
+            reuse = components.find(group, variants)
+            if reuse:
+                logger.info("%s: reusing %s loaded from %s", model_id or source, ", ".join(sorted(reuse)), source)
+            pipe = load_pipeline(
+                cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id, **reuse
+            )
+            engine = cls(
+                pipe,
+                device=resolved_device,
+                dtype=torch_dtype,
+                model_id=model_id,
+                source=source,
+                options=requested,
+                lock=components.call_lock(group),
+            )
             components.register(group, pipe.components, variants)
         return engine
 
@@ -923,13 +969,19 @@ class DiffusersEngine:
     def apply_options(self, options: EngineOptions | Mapping[str, Any]) -> dict[str, str]:
         """Apply (more) speed options to the loaded pipeline; what was done lands in
         :attr:`optimisations`. Options only add: fusing, quantising or compiling is not undone."""
-        options = EngineOptions.coerce(options).for_device(self.device)
+        options = EngineOptions.coerce(options)
         with self._lock:
             pipe = self._require_pipe()
+            # The requested options, so the report says "n/a: not CUDA" rather than "off".
             report = apply_optimisations(
-                pipe, options, qkv_fusion=self.qkv_fusion, fp8=self.allows_fp8, compile=self.allows_compile
+                pipe,
+                options,
+                device=self.device,
+                qkv_fusion=self.qkv_fusion,
+                fp8=self.allows_fp8,
+                compile=self.allows_compile,
             )
-            self.options = options
+            self.options = options.for_device(self.device)
             self.optimisations = report
             self._blocks = memory_blocks(*_pipeline_modules(pipe))
             self.memory_bytes = sum(self._blocks.values())
@@ -986,7 +1038,8 @@ class DiffusersEngine:
         denoiser = self.denoiser
         changes_transformer = bool(call.loras) or call.acceleration != "none"
         with contextlib.ExitStack() as stack:
-            stack.enter_context(eager_execution(changes_transformer and is_compiled(denoiser)))
+            eager = is_compiled(denoiser) and (changes_transformer or compile_failed(denoiser))
+            stack.enter_context(eager_execution(eager))
             if call.loras:
                 stack.enter_context(qkv_unfused(denoiser))
             yield
@@ -1023,6 +1076,12 @@ class DiffusersEngine:
                         f"{self.name}: out of memory on {self.device}; lower the size or num_images, "
                         "or give the model a device with more memory"
                     ) from exc
+                if is_compiled(self.denoiser) and not compile_failed(self.denoiser) and is_compile_error(exc):
+                    # One failed compilation must not fail every job: the engine runs eagerly from now on.
+                    _applied(self.denoiser).add("compile_failed")
+                    self.optimisations["compile"] = f"n/a: compilation failed: {type(exc).__name__}"
+                    logger.warning("%s: torch.compile failed; running uncompiled from now on", self.name, exc_info=True)
+                    raise EngineError(f"{self.name}: compilation failed ({exc}); retry runs uncompiled") from exc
                 raise EngineError(f"{self.name}: {exc}") from exc
             images = list(output.images)
             info = self.result_info(call, kwargs)

@@ -117,7 +117,7 @@ class Flux2LoraTrainer(DiffusersEngine):
     # Training needs the bf16 weights and autograd through plain modules. Loaded through a shared
     # component cache the trainer reuses the inference engines' bf16 transformer (fused and compiled
     # or not: training runs it eagerly on its separate Q/K/V projections, where the LoRA sits).
-    qkv_fusion = True
+    qkv_fusion = False
     allows_fp8 = False
     allows_compile = False
 

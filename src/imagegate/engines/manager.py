@@ -1,9 +1,17 @@
 """Keeps engines warm and within a memory budget.
 
 Engines are keyed by ``(engine_key, source)``: two catalog models that point at the same weights
-and pipeline share one warm engine. When loading another engine would push the sum of
-``memory_bytes`` over the budget, the least recently used engines are unloaded first. A model
-bigger than the whole budget is still loaded (alone): refusing it would make it unservable.
+and pipeline share one warm engine. Engines with different keys on the same weights (FLUX.2 [dev]'s
+text-to-image, edit, relight and trainer; Qwen-Image's text-to-image and edit) share the loaded
+components themselves through the manager's :class:`~imagegate.engines.diffusers_base.ComponentCache`,
+so the weights sit in memory once, and the budget counts them once: used memory is the union of the
+engines' allocations (``engine.memory_blocks()``; engines without it count ``memory_bytes``). When
+loading another engine would push that over the budget, the least recently used engines are unloaded
+first. A model bigger than the whole budget is still loaded (alone): refusing it would make it
+unservable.
+
+Factories receive ``options`` (the :class:`~imagegate.engines.diffusers_base.EngineOptions` given to
+the manager) and ``components`` (the shared cache) when their signature names them.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from imagegate.engines.base import Engine
@@ -32,10 +41,22 @@ class LoadedEngine:
 
 
 class ModelManager:
-    def __init__(self, device: str, dtype: str, memory_budget_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        device: str,
+        dtype: str,
+        memory_budget_bytes: int = 0,
+        *,
+        engine_options: Any = None,
+    ) -> None:
+        """``engine_options``: an ``EngineOptions`` or a mapping of its fields (``compile``,
+        ``fuse_qkv``, ``fp8``, ``channels_last_vae``, ``tf32``), passed to every diffusers engine
+        factory; ``None`` keeps the engines' defaults."""
         self.device = device
         self.dtype = dtype
         self.memory_budget_bytes = max(0, int(memory_budget_bytes))
+        self.engine_options = engine_options
+        self._components: Any = None  # the ComponentCache, created on first load (imports torch)
         self._engines: OrderedDict[EngineKey, Engine] = OrderedDict()  # least recently used first
         self._model_ids: dict[EngineKey, str] = {}
         # Sizes of engines loaded before, so a reload can make room before it allocates.
@@ -62,7 +83,7 @@ class ModelManager:
                 engine = self._touch(key)
                 if engine is not None:
                     return engine
-                victims = self._pop_victims(self._known_bytes.get(key, 0), keep=None)
+                victims = self._pop_victims(self._expected_bytes(key), keep=None)
             _unload(victims)
             engine = self._load(model_id, engine_key, source)
             with self._lock:
@@ -105,7 +126,22 @@ class ModelManager:
     # -- internals (callers hold self._lock unless noted)
 
     def _used_bytes(self) -> int:
-        return sum(int(e.memory_bytes) for e in self._engines.values())
+        blocks: dict[Hashable, int] = {}
+        for engine in self._engines.values():
+            blocks.update(_memory_blocks(engine))
+        return sum(blocks.values())
+
+    def _expected_bytes(self, key: EngineKey) -> int:
+        """What loading ``key`` again will add: its last size, less what warm engines on the same
+        weights hold (it will share that rather than load it)."""
+        known = self._known_bytes.get(key, 0)
+        if not known:
+            return 0
+        blocks: dict[Hashable, int] = {}
+        for (_, source), engine in self._engines.items():
+            if source == key[1]:
+                blocks.update(_memory_blocks(engine))
+        return max(0, known - sum(blocks.values()))
 
     def _touch(self, key: EngineKey) -> Engine | None:
         engine = self._engines.get(key)
@@ -138,8 +174,37 @@ class ModelManager:
         kwargs: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
         if _accepts_model_id(factory):
             kwargs["model_id"] = model_id
+        if _names_parameter(factory, "options") and self.engine_options is not None:
+            kwargs["options"] = self.engine_options
+        if _names_parameter(factory, "components"):
+            kwargs["components"] = self._component_cache()
         logger.info("loading %s (%s) from %s", model_id, engine_key, source)
         return factory(source, **kwargs)
+
+
+    def _component_cache(self) -> Any:
+        with self._lock:
+            if self._components is None:
+                from imagegate.engines.diffusers_base import ComponentCache
+
+                self._components = ComponentCache()
+            return self._components
+
+
+def _memory_blocks(engine: Engine) -> Mapping[Hashable, int]:
+    blocks = getattr(engine, "memory_blocks", None)
+    if callable(blocks):
+        found = blocks()
+        if found or not int(engine.memory_bytes):
+            return found
+    return {("engine", id(engine)): int(engine.memory_bytes)}
+
+
+def _names_parameter(factory: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _unload(engines: list[tuple[EngineKey, Engine]]) -> None:

@@ -41,8 +41,9 @@ default    requests without a number    :data:`DEFAULT_STRICTNESS` (0.5)
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image

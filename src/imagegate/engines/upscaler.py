@@ -18,7 +18,8 @@ Each pass runs tile by tile (:data:`CPU_TILE_SIZE` / :data:`GPU_TILE_SIZE` input
 :data:`TILE_PAD` pixels of real context on every side so tiles meet without seams). Every tile's
 ×4 result is resampled straight into its place in the output with Lanczos (Pillow reads the
 context pixels around the box, so the tiled resample equals the whole-image one). Memory is one
-tile's activations plus the output canvas, whatever the input size, and ``on_step`` runs after each
+tile's activations plus the output canvas, whatever the input size (a load-time warm-up tile keeps
+ncnn's pool from growing, see :meth:`RealEsrganUpscaler.warm_up`), and ``on_step`` runs after each
 tile, so a canceled job stops within one tile.
 
 The two enhancement flags (applied in this order, after the model):
@@ -38,13 +39,15 @@ The two enhancement flags (applied in this order, after the model):
 from __future__ import annotations
 
 import atexit
+import itertools
 import math
 import re
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -70,12 +73,13 @@ BUILTIN_MODELS: dict[str, tuple[str, str, int]] = {
     "realesr-animevideov3-x4": ("realesr-animevideov3-x4.param", "realesr-animevideov3-x4.bin", 4),
 }
 
-# Tile sizes, in input pixels per side. On the CPU, ncnn's x4plus needs ~80 KB of activations per
-# model-input pixel (measured peak RSS on 2 cores: +0.5 GB for an 84² input, +1.7 GB for 148²) on
-# top of ~0.8 GB of repacked weights. ncnn adds its own 10-pixel replicate border to whatever it is
-# given, so a 128 tile runs as 128 + 2*16 + 2*10 = 180² model pixels: about 3.5 GB per worker and
-# 2x the compute of the bare tile. Vulkan keeps fp16 activations in device memory; 192 is close to
-# realesrgan-ncnn-vulkan's own choice (200) for GPUs with more than 2 GB free.
+# Tile sizes, in input pixels per side. ncnn adds its own 10-pixel replicate border to whatever it
+# is handed, so a CPU tile of 128 runs as 128 + 2*16 + 2*10 = 180² model pixels: 2x the compute of
+# the bare tile, and (measured on 2 cores) 0.9 GB of repacked weights plus ~1.8 GB of activations
+# (~56 KB per model pixel); a whole 600x400 -> 1200x800 run peaked at 3.5 GB. A 64 tile would
+# save ~1 GB but do 66% more work in padding. Vulkan keeps fp16 activations in
+# device memory; 192 is close to realesrgan-ncnn-vulkan's own choice (200) for GPUs with more
+# than 2 GB free.
 CPU_TILE_SIZE = 128
 GPU_TILE_SIZE = 192
 # Real context around each tile, cropped away after the model. realesrgan-ncnn-vulkan uses 10; on
@@ -92,11 +96,13 @@ DETAILS_PERCENT = 80
 DETAILS_THRESHOLD = 2
 
 # memory_bytes is an estimate (a process's RSS cannot attribute memory to one net once another has
-# been freed): ncnn repacks x4plus's 33 MB of fp16 weights into ~816 MB for its CPU kernels
-# (measured: 56 MB RSS before the load, 872 MB after), and a tile needs ~80 KB per model-input
-# pixel. On a GPU both live in device memory as fp16: half the activation cost is assumed there.
+# been freed): ncnn repacks x4plus's 33 MB of fp16 weights into ~0.85 GB for its CPU kernels
+# (measured: 0.03 GB RSS before the load, 0.92 GB after), and its pool keeps ~56 KB per model pixel
+# of the largest tile plus ~30% of reuse slack once tiles of other sizes have run (2.7 GB after the
+# warm-up, 3.5 GB at the end of a 20-tile run). On a GPU, where weights and activations are fp16 in
+# device memory, half the CPU activation cost is assumed (not measured).
 CPU_WEIGHT_EXPANSION = 25
-CPU_ACTIVATION_BYTES_PER_PIXEL = 80_000
+CPU_ACTIVATION_BYTES_PER_PIXEL = 85_000  # 56 KB + reuse slack: 3.6 GB estimated vs 3.5 measured
 GPU_WEIGHT_EXPANSION = 2
 GPU_ACTIVATION_BYTES_PER_PIXEL = 40_000
 # ncnn's own replicate border around every tile it is handed (realesrgan-ncnn-vulkan, x4 models).
@@ -136,16 +142,26 @@ def output_size(
             raise ValueError(f"factor must be between {MIN_FACTOR:g} and {MAX_FACTOR:g}, got {factor}")
     else:
         raise ValueError(f"upscale_mode must be one of {', '.join(UPSCALE_MODES)}, got {upscale_mode!r}")
+    if mode == "target":
+        # Never above the target: the API holds the price of `target` megapixels up front and
+        # settles on the real output, and 4 MP is a price boundary.
+        return _fit_within(width, height, scale, mp * MEGAPIXEL)
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
     if out_w * out_h > MAX_OUTPUT_PIXELS:
-        # Floor, not round: the cap is a promise the price depends on.
-        shrink = math.sqrt(MAX_OUTPUT_PIXELS / (width * height))
-        out_w, out_h = max(1, math.floor(width * shrink)), max(1, math.floor(height * shrink))
-        while out_w * out_h > MAX_OUTPUT_PIXELS:
-            if out_w * height >= out_h * width:
-                out_w -= 1
-            else:
-                out_h -= 1
+        return _fit_within(width, height, math.sqrt(MAX_OUTPUT_PIXELS / (width * height)), MAX_OUTPUT_PIXELS)
+    return out_w, out_h
+
+
+def _fit_within(width: int, height: int, scale: float, max_pixels: float) -> tuple[int, int]:
+    """``(width, height) * scale`` rounded down so the area stays at or under ``max_pixels``."""
+    # The epsilon keeps exact scales (2.0 from sqrt(4)) from flooring to one pixel less.
+    out_w, out_h = max(1, math.floor(width * scale + 1e-6)), max(1, math.floor(height * scale + 1e-6))
+    while out_w * out_h > max_pixels and (out_w > 1 or out_h > 1):
+        # Trim the side that is furthest above the exact aspect ratio.
+        if out_w * height >= out_h * width and out_w > 1:
+            out_w -= 1
+        else:
+            out_h -= 1
     return out_w, out_h
 
 
@@ -158,7 +174,7 @@ def tile_spans(length: int, tile_size: int, pad: int = 0) -> list[tuple[int, int
     """
     count = 1 if length <= tile_size + 2 * pad else math.ceil(length / tile_size)
     edges = [round(i * length / count) for i in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 @dataclass(frozen=True)
@@ -309,7 +325,7 @@ def estimate_memory_bytes(weights_bytes: int, tile_size: int, gpu: bool) -> int:
 
 # ncnn's Vulkan instance must outlive every GPU net and be destroyed before the interpreter exits
 # (otherwise the process segfaults at exit); this is the set of nets to release first.
-_GPU_ENGINES: "weakref.WeakSet[RealEsrganUpscaler]" = weakref.WeakSet()
+_GPU_ENGINES: weakref.WeakSet[RealEsrganUpscaler] = weakref.WeakSet()
 _GPU_LOCK = threading.Lock()
 _gpu_hook_installed = False
 
@@ -363,7 +379,7 @@ class RealEsrganUpscaler:
         model_id: str | None = None,
         tile_size: int | None = None,
         warmup: bool = True,
-    ) -> "RealEsrganUpscaler":
+    ) -> RealEsrganUpscaler:
         """Load ``source`` (``builtin:realesrgan-x4plus``, a directory, or a ``.param`` path).
 
         ``dtype`` is accepted for the factory contract and ignored: ncnn picks fp16 on GPUs that

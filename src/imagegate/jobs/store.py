@@ -16,7 +16,9 @@ Invariants it keeps, on SQLite and PostgreSQL alike:
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -106,6 +108,11 @@ class NewJob:
 
 # (connection, job after the change, previous status) -> None; runs inside the transaction.
 TransitionHook = Callable[[Connection, Job, JobStatus | None], None]
+
+
+def new_webhook_secret() -> str:
+    # Standard Webhooks secrets are standard base64 (not URL-safe): libraries decode them that way.
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def hash_key(plaintext: str) -> str:
@@ -216,7 +223,7 @@ class JobStore:
                     key_prefix=plaintext[:10],
                     balance_micros=0,
                     disabled=False,
-                    webhook_secret="whsec_" + new_token(24),
+                    webhook_secret=new_webhook_secret(),
                     created_at=now,
                 )
             )
@@ -260,7 +267,7 @@ class JobStore:
         key = self.find_key(key_or_id)
         with self._write() as conn:
             conn.execute(
-                update(schema.api_keys).where(schema.api_keys.c.id == key.id).values(webhook_secret="whsec_" + new_token(24))
+                update(schema.api_keys).where(schema.api_keys.c.id == key.id).values(webhook_secret=new_webhook_secret())
             )
         return self.find_key(key.id)
 
@@ -544,7 +551,8 @@ class JobStore:
                 conn.execute(
                     update(t)
                     .where(t.c.id == job_id, t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value)
-                    .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, updated_at=time.time())
+                    # Progress restarts with the next attempt; a queued job shows none.
+                    .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, progress=0.0, updated_at=time.time())
                 ).rowcount
             )
 
@@ -607,7 +615,7 @@ class JobStore:
                     new_row = conn.execute(
                         update(t)
                         .where(t.c.id == job.id, t.c.status == JobStatus.PROCESSING.value)
-                        .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, updated_at=now)
+                        .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, progress=0.0, updated_at=now)
                         .returning(*t.c)
                     ).first()
                     if new_row is not None:

@@ -3,12 +3,19 @@
 Workers are separate processes so a model crash (or an out-of-memory kill) never takes the API
 down; a worker that dies is started again after a short back-off, and its job is re-claimed
 once its lease expires.
+
+The reverse holds too: a worker whose server is gone (killed with SIGKILL, so it never got to
+stop its workers) stops as if it had been sent SIGTERM — it finishes its running job within the
+grace period and exits — instead of living on as an orphan that holds a model (and the GPU)
+beside the workers of the restarted server.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 
@@ -17,11 +24,31 @@ from imagegate.config import Settings
 log = logging.getLogger("imagegate.supervisor")
 
 RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
+PARENT_CHECK_SECONDS = 1.0
 
 
-def _worker_main(settings_json: str, model_ids: list[str] | None) -> None:
+def _stop_when_orphaned(parent_pid: int) -> None:
+    """SIGTERM this process once its parent (the server) has exited.
+
+    A dead parent's children are re-parented (to init or a subreaper), so the parent pid changes;
+    the worker's SIGTERM handler then stops it gracefully. Before the handler is installed the
+    default action applies and the process simply ends (it holds no job then).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        log.warning("the server process %s is gone; stopping worker process %s", parent_pid, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="imagegate-parent-watch", daemon=True).start()
+
+
+def _worker_main(settings_json: str, model_ids: list[str] | None, parent_pid: int | None = None) -> None:
     from imagegate.jobs.worker import run_worker
 
+    if parent_pid is not None:
+        _stop_when_orphaned(parent_pid)
     run_worker(Settings.model_validate_json(settings_json), model_ids)
 
 
@@ -43,7 +70,9 @@ class WorkerSupervisor:
 
     def _spawn(self, i: int) -> None:
         proc = self._ctx.Process(
-            target=_worker_main, args=(self.settings.model_dump_json(), self.model_ids), name=f"imagegate-worker-{i}"
+            target=_worker_main,
+            args=(self.settings.model_dump_json(), self.model_ids, os.getpid()),
+            name=f"imagegate-worker-{i}",
         )
         proc.start()
         self._procs[i] = proc

@@ -3,6 +3,16 @@
 One job at a time per worker. A job's outcome is data: the worker maps every failure to a status
 here, once — InputError → FAILED (charged, the request's fault, as the seeds define it),
 JobCanceledError → CANCELED, anything else → ERROR (not charged) — and goes on with the next job.
+
+The database may go away for a while (a PostgreSQL restart, a failover): the loop, the heartbeat
+and the recording of a job's outcome log the error, back off and try again, so a worker outlives
+an outage; every write stays fenced by the lease, so a retry can never finish a job twice.
+
+Operator setting ``IMAGEGATE_WORKER_MEMORY_LIMIT_GB`` (environment): the most host memory a worker
+process may allocate (``RLIMIT_DATA``: heap and private mappings; shared libraries, mapped weight
+files and GPU memory do not count). A request that needs more fails with an allocation error and
+ends ERROR, not charged, instead of the kernel's OOM killer taking the whole worker (or a
+neighbour) down. Unset or 0: no limit.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from imagegate.billing.pricing import final_price_for
 from imagegate.catalog import MODELS, InputKind, ModelSpec, OutputOptions
@@ -41,10 +53,31 @@ log = logging.getLogger("imagegate.worker")
 MAX_DATASET_IMAGES = 200
 RECOVER_EVERY_SECONDS = 1.0
 IDLE_POLL_MAX_SECONDS = 0.05
+# Back-off while the database is unreachable.
+DB_RETRY_FIRST_SECONDS = 0.2
+DB_RETRY_MAX_SECONDS = 5.0
+MEMORY_LIMIT_ENV = "IMAGEGATE_WORKER_MEMORY_LIMIT_GB"
+
+# Caught around every database call of the loop, the heartbeat and the outcome; only the errors
+# that _db_unavailable() accepts are retried, anything else (a bug) still propagates.
+DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeoutError)
 
 
-class _ShutdownAbort(Exception):
-    """The grace period of a shutdown ran out: the job goes back to the queue, not to an end."""
+def _db_unavailable(exc: BaseException) -> bool:
+    """A lost or refused connection (server restarting, network), a busy SQLite file or an
+    exhausted pool: worth waiting for. Constraint violations and SQL errors are not."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class _ShutdownAbort(JobCanceledError):
+    """The grace period of a shutdown ran out: the job goes back to the queue, not to an end.
+
+    A JobCanceledError because that is what the engine contract lets a step callback raise to stop
+    a job: engines pass it through and wrap anything else in EngineError (which would end the job
+    ERROR instead of handing it back). The worker catches it before JobCanceledError.
+    """
 
 
 @dataclass
@@ -82,27 +115,45 @@ class Worker:
         self.stopping = threading.Event()
         self._state: _RunState | None = None
         self._last_recover = 0.0
+        self._idle = settings.worker_poll_interval_s
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         log.info("worker %s started (models: %s)", self.worker_id, self.model_ids or "all")
-        idle = self.settings.worker_poll_interval_s
+        self._idle = self.settings.worker_poll_interval_s
+        db_retry = DB_RETRY_FIRST_SECONDS
         while not self.stopping.is_set():
-            now = time.monotonic()
-            if now - self._last_recover > RECOVER_EVERY_SECONDS:
-                self._last_recover = now
-                self.store.recover_expired()
-            if not self.store.has_queued(self.model_ids):
-                self.stopping.wait(idle)
-                idle = min(idle * 1.5, IDLE_POLL_MAX_SECONDS)
+            try:
+                job = self._next_job()
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                # A claim that committed but whose answer was lost leaves a job leased to no
+                # running code: its lease expires and recover_expired() puts it back.
+                log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), db_retry)
+                self.stopping.wait(db_retry)
+                db_retry = min(db_retry * 2, DB_RETRY_MAX_SECONDS)
                 continue
-            job = self.store.claim(self.worker_id, self.settings.lease_seconds, self.model_ids)
-            if job is None:
-                continue
-            idle = self.settings.worker_poll_interval_s
-            self.run_job(job)
+            db_retry = DB_RETRY_FIRST_SECONDS
+            if job is not None:
+                self.run_job(job)
         log.info("worker %s stopped", self.worker_id)
+
+    def _next_job(self) -> Job | None:
+        """Recover expired leases now and then, and claim the next job (None: idle or lost a race)."""
+        now = time.monotonic()
+        if now - self._last_recover > RECOVER_EVERY_SECONDS:
+            self._last_recover = now
+            self.store.recover_expired()
+        if not self.store.has_queued(self.model_ids):
+            self.stopping.wait(self._idle)
+            self._idle = min(self._idle * 1.5, IDLE_POLL_MAX_SECONDS)
+            return None
+        job = self.store.claim(self.worker_id, self.settings.lease_seconds, self.model_ids)
+        if job is not None:
+            self._idle = self.settings.worker_poll_interval_s
+        return job
 
     def request_stop(self) -> None:
         """Graceful stop: the running job may finish within the grace period; queued jobs stay."""
@@ -136,7 +187,13 @@ class Worker:
         except _ShutdownAbort:
             beat_stop.set()
             beat.join()
-            self.store.release_lease(job.id, self.worker_id)
+            try:
+                self.store.release_lease(job.id, self.worker_id)
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                # The lease runs out on its own and the job is queued again then.
+                log.warning("job %s: could not hand the job back (%s); its lease will expire", job.id, _short(exc))
             self._state = None
             return None
         beat_stop.set()
@@ -145,7 +202,31 @@ class Worker:
         if state.lost:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
             return None
-        return self.store.finish(job.id, self.worker_id, status, output=output, error=error, charge_micros=charge)
+        return self._finish(job, status, output, error, charge)
+
+    def _finish(
+        self, job: Job, status: JobStatus, output: dict[str, Any] | None, error: str | None, charge: int | None
+    ) -> Job | None:
+        """Record the outcome, retrying while the database is unreachable.
+
+        The work is done (outputs stored): losing the outcome to a brief outage would run the job
+        again. Retrying is safe because ``finish`` is fenced by the lease: once another worker has
+        taken the job over (our lease expired meanwhile), it returns None and nothing changes.
+        """
+        delay = DB_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                done = self.store.finish(job.id, self.worker_id, status, output=output, error=error, charge_micros=charge)
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                log.warning("job %s: could not record %s (%s); retrying in %.1f s", job.id, status.value, _short(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
+                continue
+            if done is None:
+                log.warning("job %s: lease lost before its outcome was recorded; another worker owns it now", job.id)
+            return done
 
     def _heartbeat(self, state: _RunState, stop: threading.Event) -> None:
         # Renewing often keeps cancellation responsive (the flag comes back with each renewal)
@@ -154,7 +235,15 @@ class Worker:
         last_progress = -1.0
         while not stop.wait(interval):
             progress = state.progress if state.progress != last_progress else None
-            result = self.store.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
+            try:
+                result = self.store.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                # Keep computing: if the database is back before another worker takes the job
+                # over, the next renewal succeeds; if not, it answers None and the job stops.
+                log.warning("job %s: could not renew the lease (%s)", state.job.id, _short(exc))
+                continue
             if progress is not None:
                 last_progress = progress
             if result is None:
@@ -331,9 +420,43 @@ class Worker:
         }
 
 
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def apply_memory_limit(value: str | None = None) -> int | None:
+    """Cap this process's allocatable memory at ``IMAGEGATE_WORKER_MEMORY_LIMIT_GB`` (RLIMIT_DATA).
+
+    Returns the limit in bytes, or None when no limit is set. RLIMIT_DATA rather than RLIMIT_AS:
+    address space also counts reservations that use no memory (CUDA reserves tens of GB of it,
+    and every allocator arena and thread stack reserves some), so it would depend on the machine.
+    """
+    import resource
+
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "") if value is None else value
+    if not raw.strip():
+        return None
+    try:
+        gb = float(raw)
+    except ValueError:
+        raise ValueError(f"{MEMORY_LIMIT_ENV} must be a number of GB, not {raw!r}") from None
+    if gb <= 0:
+        return None
+    limit = int(gb * 2**30)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return limit
+
+
 def run_worker(settings: Settings, model_ids: list[str] | None = None) -> None:
     """Entry point of a worker process (``imagegate worker`` and the server's embedded worker)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limit = apply_memory_limit()
+    if limit is not None:
+        log.info("worker memory limit: %.2f GB (%s)", limit / 2**30, MEMORY_LIMIT_ENV)
     store = JobStore(settings.resolved_database_url)
     store.migrate()
     from imagegate.webhooks.outbox import install as install_webhooks

@@ -50,6 +50,7 @@ USER_AGENT = "imagegate-webhooks"
 MAX_RESPONSE_BYTES = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
 DEFAULT_PORTS = {"http": 80, "https": 443}
+DB_ERROR_PAUSE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,11 @@ class Deliverer:
                         if self.outbox.has_due():
                             claimed = self.outbox.claim_due(free, self.lease_seconds)
                     except Exception:
-                        # The database may be briefly unavailable; events stay pending meanwhile.
+                        # The database may be briefly unavailable; events stay pending meanwhile,
+                        # and a pause keeps the log from filling up with the same error.
                         log.exception("could not claim webhook events")
+                        stop_event.wait(DB_ERROR_PAUSE_SECONDS)
+                        continue
                 for event in claimed:
                     future = self._pool.submit(self.deliver, event)
                     # A finished delivery may unblock the request's next event: look again at once.
@@ -275,8 +279,8 @@ class Deliverer:
             log.exception("webhook %s: unexpected error", event.id)
             error = f"internal error: {type(exc).__name__}: {exc}"
         duration_ms = (time.monotonic() - started) * 1000.0
-        result = self._outcome(event, attempted_at, duration_ms, status_code, error, retry_after, permanent)
         try:
+            result = self._outcome(event, attempted_at, duration_ms, status_code, error, retry_after, permanent)
             owned = self.outbox.finish_attempt(event, result)
         except Exception:
             # Unrecorded, the event stays leased and is sent again after the lease: at least once.

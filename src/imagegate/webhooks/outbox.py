@@ -303,7 +303,7 @@ class WebhookOutbox:
 
     # -- the deliverer's side -----------------------------------------------------------------
 
-    def _due_ids(self, now: float, limit: int) -> sa.Select[Any]:
+    def _due_ids(self, now: float, limit: int, *, lock: bool) -> sa.Select[Any]:
         cand = _events.alias("cand")
         earlier = _events.alias("earlier")
         blocked = (
@@ -322,14 +322,14 @@ class WebhookOutbox:
             .order_by(cand.c.next_attempt_at)
             .limit(limit)
         )
-        if self.postgres:
+        if lock and self.postgres:
             pick = pick.with_for_update(skip_locked=True, of=cand)
         return pick
 
     def has_due(self, now: float | None = None) -> bool:
         """A cheap read first, so an idle poll never takes SQLite's write lock."""
         with self._read() as conn:
-            return conn.execute(self._due_ids(time.time() if now is None else now, 1)).first() is not None
+            return conn.execute(self._due_ids(time.time() if now is None else now, 1, lock=False)).first() is not None
 
     def claim_due(self, limit: int, lease_seconds: float, now: float | None = None) -> list[WebhookEvent]:
         """Lease up to ``limit`` due events (the head pending event of each request) in one statement."""
@@ -341,7 +341,7 @@ class WebhookOutbox:
         stmt = (
             update(e)
             .where(
-                e.c.id.in_(self._due_ids(now, limit)),
+                e.c.id.in_(self._due_ids(now, limit, lock=True)),
                 e.c.state == PENDING,
                 or_(e.c.lease_expires_at.is_(None), e.c.lease_expires_at < now),
             )

@@ -1,0 +1,215 @@
+"""PostgreSQL goes away and comes back while `imagegate serve` runs against it with jobs in flight.
+
+The database is a private PostgreSQL instance made for this module (initdb in a temporary
+directory, its own port), so stopping it cannot disturb anything else that uses the machine's
+shared cluster. It is stopped in `immediate` mode — every connection cut without a goodbye, WAL
+replayed at the next start, as after a crash — and kept down for longer than a job lease.
+
+Through it: the API process and the worker process both survive (same pids), submissions that
+failed during the outage succeed when the client retries them with their Idempotency-Key, every
+job reaches exactly one final status, the books balance and every final webhook arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from imagegate.jobs.status import JobStatus
+
+from .support import (
+    FAST,
+    FLUX_DEV,
+    FLUX_DEV_PRICE,
+    SUB,
+    Receiver,
+    balance,
+    check_books,
+    free_port,
+    new_key,
+    open_store,
+    server_env,
+    slow,
+    start_server,
+    submit,
+    wait_running,
+    wait_terminal,
+    wait_until,
+    worker_pids,
+)
+
+OUTAGE_SECONDS = 3.0  # longer than the 2 s lease
+
+
+def _bindir() -> Path | None:
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        if (Path(out) / "initdb").exists():
+            return Path(out)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster: initdb, pg_ctl start/stop, on its own port and socket dir."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="imagegate-faults-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        # initdb refuses to run as root: run the server as the postgres account then.
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.prefix:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix, *args], capture_output=True, text=True, timeout=120, cwd=self.root)
+
+    def init(self) -> None:
+        r = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        r = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-o", options, "-w", "-t", "60", "start")
+        assert r.returncode == 0, r.stdout + r.stderr + self.log()
+
+    def stop(self, mode: str = "fast") -> None:
+        r = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def running(self) -> bool:
+        return self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "status").returncode == 0
+
+    def log(self) -> str:
+        path = self.root / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    def destroy(self) -> None:
+        try:
+            if self.running():
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    bindir = _bindir()
+    missing = "PostgreSQL server binaries (initdb, pg_ctl)" if bindir is None else None
+    if missing is None and os.geteuid() == 0 and not shutil.which("runuser"):
+        missing = "runuser (to run PostgreSQL as the postgres account)"
+    if missing:
+        if os.environ.get("IMAGEGATE_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required but {missing} are not available")
+        pytest.skip(f"{missing} not available")
+    assert bindir is not None
+    pg = PrivatePostgres(bindir)
+    try:
+        pg.init()
+        pg.start()
+        pg.create_database("imagegate")
+        yield pg
+    finally:
+        pg.destroy()
+
+
+def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_models: Path, tmp_path: Path) -> None:
+    url = private_pg.url("imagegate")
+    receiver = Receiver().start()
+    server = start_server(tmp_path / "pg-restart", config=tiny_models, database_url=url, extra_env=server_env(lease_seconds=2))
+    store = open_store(url)
+
+    def outage(during: Callable[[], None] = lambda: None) -> float:
+        private_pg.stop("immediate")
+        down = time.monotonic()
+        try:
+            during()
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))
+        finally:
+            private_pg.start()  # whatever happened above, the database comes back
+        return time.monotonic() - down
+
+    try:
+        key, key_id = new_key(store, 10)
+        before = balance(store, key_id)
+        hook = {"X-Webhook-URL": receiver.url}
+        with server.client(timeout=30) as client:
+            warm = submit(client, key, {**FAST, "prompt": "before the outages"}, **hook)
+            assert wait_terminal(store, [warm])[warm].status is JobStatus.COMPLETED
+            [worker] = worker_pids(server)
+
+            # Outage 1, the worker idle (polling for work): submits fail meanwhile.
+            attempts: list[tuple[str, dict[str, Any], int | None]] = []
+
+            def submit_during() -> None:
+                for i in range(3):
+                    body = {**FAST, "prompt": f"submitted during the outage {i}"}
+                    idem = f"outage-{i}"
+                    try:
+                        code: int | None = client.post(FLUX_DEV, json=body, headers={SUB: key, "Idempotency-Key": idem, **hook}).status_code
+                    except httpx.HTTPError:
+                        code = None
+                    attempts.append((idem, body, code))
+
+            took = outage(submit_during)
+            print(f"\nMEASURE PostgreSQL down for {took:.1f}s (worker idle); submits meanwhile answered {[c for _, _, c in attempts]}")
+            assert all(code != 202 for _, _, code in attempts), attempts
+            came_back = time.monotonic()
+            wait_until(lambda: client.get("/v2/account", headers={SUB: key}).status_code == 200, 30, "the API to read again")
+            print(f"MEASURE API reading again {time.monotonic() - came_back:.2f}s after PostgreSQL started")
+            # The client retries what failed, with the same Idempotency-Keys.
+            retried = [submit(client, key, body, **{"Idempotency-Key": idem, **hook}) for idem, body, _ in attempts]
+
+            # Outage 2, the worker busy: a job is running (lease renewals fail) and others wait.
+            running = submit(client, key, slow(16), **hook)
+            queued = [submit(client, key, {**FAST, "prompt": f"queued {i}"}, **hook) for i in range(2)]
+            wait_running(client, key, running)
+            took = outage()
+            came_back = time.monotonic()
+            print(f"MEASURE PostgreSQL down for {took:.1f}s (worker busy)")
+            everything = [warm, *retried, running, *queued]
+            jobs = wait_terminal(store, everything, timeout=240)
+            print(f"MEASURE all {len(everything)} jobs ended {time.monotonic() - came_back:.1f}s after PostgreSQL started")
+        assert {j.status for j in jobs.values()} == {JobStatus.COMPLETED}, {i: (j.status, j.error) for i, j in jobs.items()}
+        assert jobs[running].attempts in (1, 2)
+        for idem, _, _ in attempts:
+            assert len([j for j in store.list_jobs(key_id=key_id) if j.idempotency_key == idem]) == 1
+        # Nobody died: the same API process and the same worker process rode both outages out.
+        assert server.proc.poll() is None
+        assert worker_pids(server) == [worker], server.log()[-3000:]
+        receiver.wait_terminal(everything, timeout=60)
+        for job_id in everything:
+            assert len(receiver.terminal_ids(job_id)) == 1, receiver.for_job(job_id)
+        stories = check_books(store)
+        assert all(stories[j] == ["hold", "capture"] for j in everything)
+        assert before - balance(store, key_id) == FLUX_DEV_PRICE * len(everything)
+    finally:
+        if not private_pg.running():
+            private_pg.start()
+        server.stop()
+        store.dispose()
+        receiver.stop()
