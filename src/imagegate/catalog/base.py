@@ -221,6 +221,19 @@ def round16(value: float) -> int:
     return max(16, int(round(value / 16.0)) * 16)
 
 
+MEGAPIXEL = 1024 * 1024
+
+
+def fit_pixels(size: tuple[int, int], pixels: float, *, upscale: bool) -> tuple[int, int]:
+    """An input image's size scaled to about ``pixels`` (aspect kept, sides multiples of 16);
+    with ``upscale=False`` a smaller image keeps its size."""
+    w, h = size
+    scale = (pixels / float(w * h)) ** 0.5
+    if not upscale:
+        scale = min(1.0, scale)
+    return round16(w * scale), round16(h * scale)
+
+
 def size_for_aspect(aspect: str, megapixels: float) -> tuple[int, int]:
     """'16:9' at ~N megapixels -> (w, h), both multiples of 16."""
     a, b = (int(x) for x in aspect.split(":"))

@@ -18,7 +18,6 @@ from imagegate.catalog.base import (
     Protocol,
     RequestSchema,
     Route,
-    usd,
 )
 from imagegate.catalog.fields import (
     Bool,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import field_validator
 
 from imagegate.catalog.base import (
+    MEGAPIXEL,
     Auth,
     InputKind,
     ModelSpec,
@@ -18,7 +19,7 @@ from imagegate.catalog.base import (
     Protocol,
     RequestSchema,
     Route,
-    round16,
+    fit_pixels,
     size_for_aspect,
     usd,
 )
@@ -50,12 +51,6 @@ RAW_GUIDANCE = 2.0
 
 def per_image(price: str) -> Any:
     return lambda p: usd(price) * int(p.get("num_images") or p.get("num_outputs") or 1)
-
-
-def _fit_input(image: Any, max_pixels: int = 2 * 1024 * 1024) -> tuple[int, int]:
-    w, h = image.size
-    scale = min(1.0, (max_pixels / float(w * h)) ** 0.5)
-    return round16(w * scale), round16(h * scale)
 
 
 # -- flux-1-schnell (rows 14, 15) ------------------------------------------------------------------
@@ -135,7 +130,7 @@ class FluxImg2ImgRequest(FluxDevRequest):
 
 def img2img_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image_url"]
-    width, height = _fit_input(image)
+    width, height = fit_pixels(image.size, 2 * MEGAPIXEL, upscale=False)
     return EngineCall(
         task="image-to-image",
         prompt=p["prompt"],
@@ -220,12 +215,9 @@ class FluxFillRequest(RequestSchema):
 def fill_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image"]
     if p["megapixels"] == "match_input":
-        width, height = _fit_input(image, max_pixels=4 * 1024 * 1024)
+        width, height = fit_pixels(image.size, 4 * MEGAPIXEL, upscale=False)
     else:
-        megapixels = float(p["megapixels"])
-        w, h = image.size
-        scale = (megapixels * 1024 * 1024 / float(w * h)) ** 0.5
-        width, height = round16(w * scale), round16(h * scale)
+        width, height = fit_pixels(image.size, float(p["megapixels"]) * MEGAPIXEL, upscale=True)
     return EngineCall(
         task="inpaint",
         prompt=p["prompt"],
@@ -262,7 +254,7 @@ class KontextRestoreRequest(WebhookFields, RequestSchema):
 
 def restore_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["input_image"]
-    width, height = _fit_input(image, max_pixels=1024 * 1024)
+    width, height = fit_pixels(image.size, MEGAPIXEL, upscale=False)
     return EngineCall(
         task="restore",
         prompt=RESTORE_PROMPT,

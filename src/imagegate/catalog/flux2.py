@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, field_val
 
 from imagegate.catalog.base import (
     FLUX2_SIZE_PRESETS,
+    MEGAPIXEL,
     Auth,
     InputKind,
     ModelSpec,
@@ -15,7 +16,7 @@ from imagegate.catalog.base import (
     Protocol,
     RequestSchema,
     Route,
-    round16,
+    fit_pixels,
     usd,
 )
 from imagegate.catalog.fields import (
@@ -66,9 +67,7 @@ class Flux2EditRequest(RequestSchema):
 def edit_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image_urls"][0]  # the seed: only the first image is processed
     if p["image_size"] == "auto":
-        w, h = image.size
-        scale = min(1.0, (2 * 1024 * 1024 / float(w * h)) ** 0.5)
-        width, height = round16(w * scale), round16(h * scale)
+        width, height = fit_pixels(image.size, 2 * MEGAPIXEL, upscale=False)
     else:
         width, height = (int(x) for x in p["image_size"].split("x"))
     return EngineCall(

@@ -7,13 +7,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from imagegate.catalog.base import (
+    MEGAPIXEL,
     InputKind,
     ModelSpec,
     OutputOptions,
     Protocol,
     RequestSchema,
     Route,
-    round16,
+    fit_pixels,
     size_for_aspect,
     usd,
 )
@@ -79,9 +80,7 @@ class PImageRequest(WebhookFields, RequestSchema):
 def p_image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     images = inputs["images"]
     if p["aspect_ratio"] == "match_input_image":
-        w, h = images[0].size
-        scale = (1024 * 1024 / float(w * h)) ** 0.5
-        width, height = round16(w * scale), round16(h * scale)
+        width, height = fit_pixels(images[0].size, MEGAPIXEL, upscale=True)
     else:
         width, height = size_for_aspect(p["aspect_ratio"], 1.0)
     return EngineCall(

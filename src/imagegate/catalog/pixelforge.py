@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StrictStr
 
-from imagegate.catalog.base import InputKind, ModelSpec, OutputOptions, Protocol, RequestSchema, Route, round16
+from imagegate.catalog.base import MEGAPIXEL, InputKind, ModelSpec, OutputOptions, Protocol, RequestSchema, Route, fit_pixels
 from imagegate.catalog.fields import (
     Bool,
     ImageUrl,
@@ -32,14 +32,13 @@ class PixelforgeImageRequest(RequestSchema):
 
 def image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     images = inputs["image_urls"]
-    w, h = images[0].size
-    scale = (1024 * 1024 / float(w * h)) ** 0.5
+    width, height = fit_pixels(images[0].size, MEGAPIXEL, upscale=True)
     return EngineCall(
         task="edit",
         prompt=p["prompt"],
         images=images,
-        width=round16(w * scale),
-        height=round16(h * scale),
+        width=width,
+        height=height,
         seed=p["seed"],
         guidance_scale=1.0,
         extra={"turbo": True},
