@@ -1,0 +1,79 @@
+"""The operator's command line, run as a subprocess like an operator would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, IMAGEGATE_DATA_DIR=str(tmp_path), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "imagegate.cli", *args], env=env, capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_keys_lifecycle(tmp_path: Path) -> None:
+    created = cli(tmp_path, "keys", "create", "--balance", "2.5", "--name", "ops").stdout.strip().splitlines()
+    key = created[-1]
+    assert key.startswith("ig_") and len(key) > 30
+    assert any(line.startswith("webhook secret: whsec_") for line in created)
+    assert "2.750000 USD" in cli(tmp_path, "keys", "topup", key, "0.25").stdout
+    listed = cli(tmp_path, "keys", "list").stdout
+    assert "ops" in listed and "2.750000 USD" in listed and "active" in listed and key not in listed
+    key_id = next(line for line in created if line.startswith("id: ")).split(": ")[1]
+    assert "disabled" in cli(tmp_path, "keys", "disable", key_id).stdout
+    assert "disabled" in cli(tmp_path, "keys", "list").stdout
+    assert "enabled" in cli(tmp_path, "keys", "enable", key).stdout
+    rotated = cli(tmp_path, "keys", "rotate-webhook-secret", key).stdout.strip()
+    assert rotated.startswith("whsec_")
+    missing = cli(tmp_path, "keys", "topup", "ig_nope", "1", check=False)
+    assert missing.returncode == 1 and "no API key" in missing.stderr
+    bad = cli(tmp_path, "keys", "create", "--balance", "lots", check=False)
+    assert bad.returncode == 2 and "invalid amount" in bad.stderr
+
+
+def test_models_list_disable_enable(tmp_path: Path) -> None:
+    listed = cli(tmp_path, "models", "list").stdout.splitlines()
+    from imagegate.catalog import MODELS
+
+    assert len(listed) == len(MODELS)
+    row = next(line for line in listed if line.startswith("flux-dev\t"))
+    assert "\tenabled\t$0.025\tflux1.text-to-image\tblack-forest-labs/FLUX.1-dev\t/flux-dev/v1/dev/textToImage" in row
+    cli(tmp_path, "models", "disable", "flux-dev")
+    assert any(line.startswith("flux-dev\tdisabled") for line in cli(tmp_path, "models", "list").stdout.splitlines())
+    cli(tmp_path, "models", "enable", "flux-dev")
+    assert any(line.startswith("flux-dev\tenabled") for line in cli(tmp_path, "models", "list").stdout.splitlines())
+    unknown = cli(tmp_path, "models", "disable", "nope", check=False)
+    assert unknown.returncode == 2
+
+
+def test_weights_pull_without_network_says_which_weights(tmp_path: Path) -> None:
+    result = cli(tmp_path, "weights", "pull", "flux-dev", "p-image-upscale", "nope", check=False)
+    assert result.returncode != 0
+    assert "flux-dev: could not download black-forest-labs/FLUX.1-dev" in result.stderr
+    assert "p-image-upscale: builtin:realesrgan-x4plus needs no download" in result.stdout
+    assert "unknown model id: nope" in result.stderr
+
+
+def test_config_file_and_environment_precedence(tmp_path: Path) -> None:
+    from imagegate.config import load_settings
+
+    config = tmp_path / "imagegate.toml"
+    config.write_text('port = 9001\nmax_attempts = 5\n[models.flux-dev]\nweights = "./weights/flux"\nprice_usd = "0.5"\n')
+    os.environ["IMAGEGATE_PORT"] = "9002"
+    try:
+        settings = load_settings(config)
+    finally:
+        del os.environ["IMAGEGATE_PORT"]
+    assert settings.port == 9002 and settings.max_attempts == 5
+    assert settings.model("flux-dev").weights == str(tmp_path / "weights" / "flux")
+    assert settings.base_url == "http://127.0.0.1:9002"
+
+
+@pytest.mark.parametrize("argv", [["worker", "--models", "nope"]])
+def test_worker_rejects_unknown_models(tmp_path: Path, argv: list[str]) -> None:
+    result = cli(tmp_path, *argv, check=False)
+    assert result.returncode == 2 and "unknown model id(s): nope" in result.stderr
