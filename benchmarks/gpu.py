@@ -71,7 +71,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
+import torch
 
 PROMPT = "a photo of a red cat with a small black dog in the city at night, detailed, high quality"
 MODES = ("eager", "fused", "compile", "fp8")
@@ -222,7 +222,11 @@ def _flux1(guidance: bool) -> Build:
 
 
 def _flux2_klein_4b() -> Build:
-    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (
+        AutoencoderKLFlux2,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from imagegate.fixtures.flux2 import QWEN3_CHAT_TEMPLATE
@@ -250,7 +254,11 @@ def _flux2_klein_4b() -> Build:
 
 
 def _qwen_image() -> Build:
-    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from imagegate.fixtures.tokenizers import tiny_qwen2_tokenizer
@@ -437,7 +445,7 @@ def _free() -> None:
 
 def measure(engine: Any, call: Any, device: str, warmup: int, runs: int) -> tuple[float, float, int | None]:
     """(median seconds, first call seconds, peak bytes) of ``engine(call)``."""
-    noop = lambda step, total: None  # noqa: E731
+    noop = lambda step, total: None
     first = 0.0
     for index in range(max(warmup, 0)):
         _sync(device)

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     memory_budget_gb: float = 0.0  # 0 = no limit on warm models
+    # Engine speed options (imagegate.engines.diffusers_base.EngineOptions): torch.compile of the
+    # transformer, fused QKV projections, fp8 (torchao, fp8 GPUs), channels-last VAE, TF32.
+    torch_compile: bool = False
+    fuse_qkv: bool = True
+    fp8: bool = False
+    channels_last_vae: bool = True
+    tf32: bool = True
     shutdown_grace_seconds: float = 60.0
 
     # Synchronous styles: how long a request may wait for its job.
@@ -87,6 +94,16 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.data_dir / 'media').resolve()}"
+
+    @property
+    def engine_options(self) -> dict[str, bool]:
+        return {
+            "compile": self.torch_compile,
+            "fuse_qkv": self.fuse_qkv,
+            "fp8": self.fp8,
+            "channels_last_vae": self.channels_last_vae,
+            "tf32": self.tf32,
+        }
 
     def model(self, model_id: str) -> ModelSettings:
         return self.models.get(model_id) or ModelSettings()

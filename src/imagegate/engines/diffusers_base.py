@@ -29,47 +29,52 @@ import torch
 from PIL import Image
 
 from imagegate.engines.base import EngineCall, EngineResult, LoraSpec, StepCallback
-from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
+from imagegate.exceptions import (
+    EngineError,
+    InputError,
+    JobCanceledError,
+    WeightsNotFoundError,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACCELERATION_LEVELS",
-    "REGULAR_FBC_THRESHOLD",
     "HIGH_TAYLORSEER_CACHE_INTERVAL",
-    "HIGH_TAYLORSEER_WARMUP_STEPS",
     "HIGH_TAYLORSEER_MAX_ORDER",
+    "HIGH_TAYLORSEER_WARMUP_STEPS",
+    "REGULAR_FBC_THRESHOLD",
     "ComponentCache",
     "DiffusersEngine",
     "EngineOptions",
-    "acceleration_config",
     "accelerated",
-    "apply_optimisations",
+    "acceleration_config",
     "apply_loras",
-    "remove_loras",
-    "loras_applied",
-    "lora_adapter_name",
-    "load_pipeline",
+    "apply_optimisations",
     "compile_denoiser",
     "compile_failed",
     "eager_execution",
+    "fit_image",
+    "fit_mask",
     "fp8_unavailable_reason",
     "fuse_qkv_projections",
     "is_compile_error",
     "is_compiled",
+    "is_out_of_memory",
+    "load_pipeline",
+    "lora_adapter_name",
+    "loras_applied",
     "make_generator",
     "memory_blocks",
     "module_bytes",
+    "pipeline_memory_bytes",
     "qkv_unfused",
     "quantize_fp8",
-    "pipeline_memory_bytes",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_device_dtype",
-    "fit_image",
-    "is_out_of_memory",
     "release_memory",
-    "fit_mask",
+    "remove_loras",
+    "resolve_device",
+    "resolve_device_dtype",
+    "resolve_dtype",
     "round_to_multiple",
     "weights_not_found_message",
 ]
@@ -232,7 +237,8 @@ def _storages(tensor: torch.Tensor) -> Iterator[tuple[Hashable, int]]:
     if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
         try:
             names, _ = flatten()
-        except Exception:  # pragma: no cover - an exotic subclass: fall back to its logical size
+        except (AttributeError, TypeError, RuntimeError, NotImplementedError):  # pragma: no cover
+            # An exotic subclass: fall back to its logical size below.
             names = []
         if names:
             for name in names:
@@ -477,7 +483,10 @@ def fp8_unavailable_reason() -> str | None:
 
 def _fp8_config() -> Any:
     try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+        )
 
         return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     except ImportError:  # torchao < 0.10 spells it as a function

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from diffusers import FluxFillPipeline, FluxImg2ImgPipeline, FluxKontextPipeline, FluxPipeline
+from diffusers import (
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+)
 from PIL import Image
 
 from imagegate.engines.base import EngineCall, EngineResult, StepCallback
-from imagegate.engines.diffusers_base import DiffusersEngine, fit_image, fit_mask, round_to_multiple
+from imagegate.engines.diffusers_base import (
+    DiffusersEngine,
+    fit_image,
+    fit_mask,
+    round_to_multiple,
+)
 from imagegate.exceptions import InputError
 
 # Black Forest Labs' reference settings.

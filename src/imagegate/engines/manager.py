@@ -20,8 +20,8 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from imagegate.engines.base import Engine

@@ -31,7 +31,11 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from imagegate.engines.base import EngineCall
-from imagegate.engines.diffusers_base import DiffusersEngine, fit_image, round_to_multiple
+from imagegate.engines.diffusers_base import (
+    DiffusersEngine,
+    fit_image,
+    round_to_multiple,
+)
 from imagegate.exceptions import InputError
 
 # Qwen's reference settings.

@@ -1,7 +1,10 @@
 """Engine keys -> factories. Adding an engine is one line in :data:`ENGINE_FACTORIES`.
 
 A factory is ``factory(source, *, device, dtype, model_id=None) -> Engine`` (``model_id`` only names
-the model in error messages; factories that do not take it are called without it). Entries are
+the model in error messages; factories that do not take it are called without it). Factories that
+name ``options`` and ``components`` parameters (every diffusers engine's ``load``) also get the model
+manager's :class:`~imagegate.engines.diffusers_base.EngineOptions` and its shared
+:class:`~imagegate.engines.diffusers_base.ComponentCache`. Entries are
 ``"module:Class.method"`` strings resolved on first use, so importing the registry (the API
 process does, to validate the catalog) does not import torch, diffusers or ncnn.
 """

@@ -9,10 +9,10 @@ and the recording of a job's outcome log the error, back off and try again, so a
 an outage; every write stays fenced by the lease, so a retry can never finish a job twice.
 
 Operator setting ``IMAGEGATE_WORKER_MEMORY_LIMIT_GB`` (environment): the most host memory a worker
-process may allocate (``RLIMIT_DATA``: heap and private mappings; shared libraries, mapped weight
-files and GPU memory do not count). A request that needs more fails with an allocation error and
-ends ERROR, not charged, instead of the kernel's OOM killer taking the whole worker (or a
-neighbour) down. Unset or 0: no limit.
+process may allocate (``RLIMIT_DATA``: heap, thread stacks and other private writable mappings;
+shared libraries and mapped weight files do not count, and neither does a GPU's own memory). A
+request that needs more fails with an allocation error and ends ERROR, not charged, instead of the
+kernel's OOM killer taking the whole worker (or a neighbour) down. Unset or 0: no limit.
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ class Worker:
         self.storage = open_storage(settings.resolved_storage_url)
         self.fetcher = InputFetcher.from_settings(settings)
         self.manager = ModelManager(
-            device=settings.device, dtype=settings.dtype, memory_budget_bytes=int(settings.memory_budget_gb * 2**30)
+            device=settings.device,
+            dtype=settings.dtype,
+            memory_budget_bytes=int(settings.memory_budget_gb * 2**30),
+            engine_options=settings.engine_options,
         )
         self._safety: Any = None
         self.stopping = threading.Event()
@@ -233,6 +236,8 @@ class Worker:
         # and keeps a lease short enough that a killed worker's job is retried quickly.
         interval = min(self.settings.lease_seconds / 3.0, 0.25)
         last_progress = -1.0
+        failing_since: float | None = None
+        last_warning = 0.0
         while not stop.wait(interval):
             progress = state.progress if state.progress != last_progress else None
             try:
@@ -242,8 +247,16 @@ class Worker:
                     raise
                 # Keep computing: if the database is back before another worker takes the job
                 # over, the next renewal succeeds; if not, it answers None and the job stops.
-                log.warning("job %s: could not renew the lease (%s)", state.job.id, _short(exc))
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                if now - last_warning >= DB_RETRY_MAX_SECONDS:
+                    last_warning = now
+                    log.warning("job %s: could not renew the lease (%s)", state.job.id, _short(exc))
                 continue
+            if failing_since is not None:
+                log.info("job %s: lease renewed again after %.1f s", state.job.id, time.monotonic() - failing_since)
+                failing_since = None
             if progress is not None:
                 last_progress = progress
             if result is None:
