@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from conftest import POSTGRES_ADMIN_URL, _postgres_available, start_server  # noqa: E402
+from harness import POSTGRES_ADMIN_URL, _postgres_available, start_server  # noqa: E402
 
 SUBMIT_PATH = "/flux-1-schnell/v1/getDataBatch"
 SUBMIT_BODY = json.dumps({"prompt": "a lighthouse at dawn", "num_steps": 1, "width": 64, "height": 64, "webhook_url": "https://example.invalid/hook"})

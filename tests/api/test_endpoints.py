@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import wait_status
+from harness import wait_status
 
 SUB = "Ocp-Apim-Subscription-Key"
 SECRET = "X-Secret-Key"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import RunningServer, start_server, wait_status
+from harness import RunningServer, start_server, wait_status
 
 SUB = "Ocp-Apim-Subscription-Key"
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from conftest import RunningServer, start_server, wait_status
+from harness import RunningServer, start_server, wait_status
 from imagegate.jobs.store import JobStore
 
 SUB = "Ocp-Apim-Subscription-Key"

@@ -7,17 +7,14 @@ mocked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterable
 
 import httpx
@@ -26,26 +23,7 @@ from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, JobStore
 
 
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py as loaded by pytest (``from conftest import`` is ambiguous once other
-    directories' conftest modules have been imported under the same name)."""
-    path = (Path(__file__).resolve().parent.parent / "conftest.py").resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == path:
-            return module
-    spec = importlib.util.spec_from_file_location("_imagegate_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-RunningServer = _root.RunningServer
-start_server = _root.start_server
-wait_status = _root.wait_status
-free_port = _root.free_port
+from harness import RunningServer, free_port, start_server, wait_status  # noqa: E402,F401
 
 SUB = "Ocp-Apim-Subscription-Key"
 FLUX_DEV = "/flux-dev/v1/dev/textToImage"
@@ -61,12 +39,13 @@ FAST: dict[str, Any] = {
 }
 
 
-def slow(steps: int = 12, prompt: str = "a long exposure of a harbour") -> dict[str, Any]:
-    """A job that runs for several seconds (0.1–0.8 s a step at 256², depending on load)."""
+def slow(steps: int = 12, prompt: str = "a long exposure of a harbour", side: int = 256) -> dict[str, Any]:
+    """A job that runs for a few seconds: on 2 CPU cores a step takes 0.1–0.8 s at 256² (depending
+    on load), about twice that at 384²."""
     return {
         "prompt": prompt,
         "num_inference_steps": steps,
-        "image_size": {"width": 256, "height": 256},
+        "image_size": {"width": side, "height": side},
         "enable_safety_checker": False,
         "output_format": "png",
     }
@@ -343,6 +322,10 @@ def log_has(server: Any, text: str) -> bool:
 
 
 def server_env(**values: Any) -> dict[str, str]:
+    """IMAGEGATE_* overrides for start_server. The fault tests always run their models on the CPU:
+    their timing assumptions (a step of a 256² image takes a tenth of a second or more) and the
+    memory limit (host memory) are about the CPU, whatever accelerator the machine has."""
+    values.setdefault("device", "cpu")
     return {f"IMAGEGATE_{k.upper()}": str(v) for k, v in values.items()}
 
 

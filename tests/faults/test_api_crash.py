@@ -30,6 +30,7 @@ from .support import (
     new_key,
     open_store,
     pending_terminal_events,
+    server_env,
     start_server,
     submit,
     wait_until,
@@ -41,7 +42,7 @@ THREADS = 12
 def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> None:
     data = tmp_path / "api-crash"
     receiver = Receiver(free_port())  # not started: connections are refused
-    server = start_server(data, config=None, workers=0)
+    server = start_server(data, config=None, workers=0, extra_env=server_env())
     store = open_store(server)
     try:
         key, key_id = new_key(store, 1000)
@@ -58,6 +59,7 @@ def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> Non
         # Many clients submit as fast as they can; some requests carry an Idempotency-Key.
         accepted: list[str] = []
         cut_off: list[tuple[str | None, dict[str, Any]]] = []  # (idempotency key, body) of unanswered requests
+        in_flight = 0  # requests the server had received when it died (not refused connections)
         lock = threading.Lock()
         stop = threading.Event()
 
@@ -71,9 +73,11 @@ def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> Non
                     headers = {SUB: key, **({"Idempotency-Key": idem} if idem else {})}
                     try:
                         r = c.post(FLUX_DEV, json=body, headers=headers)
-                    except httpx.HTTPError:
+                    except httpx.HTTPError as exc:
+                        nonlocal in_flight
                         with lock:
                             cut_off.append((idem, body))
+                            in_flight += not isinstance(exc, httpx.ConnectError)
                         return
                     assert r.status_code == 202, r.text
                     with lock:
@@ -87,12 +91,11 @@ def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> Non
         stop.set()
         for t in threads:
             t.join(60)
-        print(f"\nMEASURE API SIGKILL: {len(accepted)} submits answered 202, {len(cut_off)} cut off in flight")
-        # Every client was cut off mid-request (the flood only stops on an error or after the kill).
-        assert len(cut_off) >= THREADS // 2, cut_off
+        print(f"\nMEASURE API SIGKILL: {len(accepted)} submits answered 202, {in_flight} cut off in flight, {len(cut_off) - in_flight} refused")
+        assert in_flight >= 1, "the kill hit no request in flight; nothing was tested"
 
         receiver.start()
-        server = start_server(data, config=None, workers=0)
+        server = start_server(data, config=None, workers=0, extra_env=server_env())
         # Nothing acknowledged was lost, and nothing is held without its job (or the reverse).
         jobs = {j.id: j for j in store.list_jobs(key_id=key_id)}
         assert set(accepted) <= set(jobs)

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -184,6 +185,16 @@ def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_
             # The client retries what failed, with the same Idempotency-Keys.
             retried = [submit(client, key, body, **{"Idempotency-Key": idem, **hook}) for idem, body, _ in attempts]
 
+            # Concurrent first uses of one Idempotency-Key race on PostgreSQL's unique index: one job.
+            def racer(_: int) -> str:
+                with httpx.Client(base_url=server.base_url, timeout=30) as c:
+                    return submit(c, key, {**FAST, "prompt": "raced"}, **{"Idempotency-Key": "race-1", **hook})
+
+            with ThreadPoolExecutor(8) as pool:
+                raced = set(pool.map(racer, range(8)))
+            assert len(raced) == 1, raced
+            retried += list(raced)
+
             # Outage 2, the worker busy: a job is running (lease renewals fail) and others wait.
             running = submit(client, key, slow(16), **hook)
             queued = [submit(client, key, {**FAST, "prompt": f"queued {i}"}, **hook) for i in range(2)]
@@ -196,7 +207,7 @@ def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_
             print(f"MEASURE all {len(everything)} jobs ended {time.monotonic() - came_back:.1f}s after PostgreSQL started")
         assert {j.status for j in jobs.values()} == {JobStatus.COMPLETED}, {i: (j.status, j.error) for i, j in jobs.items()}
         assert jobs[running].attempts in (1, 2)
-        for idem, _, _ in attempts:
+        for idem in [a[0] for a in attempts] + ["race-1"]:
             assert len([j for j in store.list_jobs(key_id=key_id) if j.idempotency_key == idem]) == 1
         # Nobody died: the same API process and the same worker process rode both outages out.
         assert server.proc.poll() is None

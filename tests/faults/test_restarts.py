@@ -82,7 +82,8 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
         assert all(j.status is JobStatus.COMPLETED and j.attempts == 1 for j in jobs.values()), jobs
         receiver.wait_terminal([finished, *waiting])
         with server.client() as client:
-            long = submit(client, key, slow(30, "a very long exposure"), **hook)
+            # Long enough to outlive a 1 s grace period after its first step, even on a fast CPU.
+            long = submit(client, key, slow(40, "a very long exposure", side=384), **hook)
             wait_running(client, key, long)
             behind = submit(client, key, {**FAST, "prompt": "behind the long one"}, **hook)
         took = stop_gracefully(server)

@@ -14,11 +14,10 @@ charged) if a job for them ever runs.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
-from conftest import RunningServer, start_server
+from harness import RunningServer, start_server
 
 from .support import FETCH_TIMEOUT_S, MAX_INPUT_BYTES, HostileHost, start_hostile_host
 

@@ -146,7 +146,7 @@ class HostileHost:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -176,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     def host(self) -> HostileHost:
         return self.server.host
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         host = self.host
         host.hits.append(self.path)
         parsed = urllib.parse.urlsplit(self.path)

@@ -15,15 +15,16 @@ import socket
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
+from harness import RunningServer
 from PIL import Image, ImageStat
 
-from conftest import RunningServer
 from imagegate.catalog import MODELS, Auth
 from imagegate.jobs.store import JobStore
 
@@ -40,12 +41,11 @@ from .support import (
     bilevel_png,
     cmyk_jpeg,
     data_uri,
-    encode,
     gif_huge_screen,
     jpeg_huge_header,
     png16,
-    small_png,
     server_db,
+    small_png,
     truncated_png,
     wait_terminal,
 )

@@ -10,7 +10,7 @@ then points at addresses nobody trusts. Every hop must be refused before a conne
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -25,15 +25,6 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def _request_id(value: str) -> str:
-    """A request id as the client sent it; one no job can have (NUL, which PostgreSQL text
-    refuses, or a lone surrogate, which no database driver can encode) is simply not found."""
-    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
-        shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
-        raise RequestNotFoundError(f"Request '{shown}' not found")
-    return value
-
-
 def _submit_endpoint(spec: ModelSpec, route: Route) -> Callable[..., Any]:
     async def endpoint(request: Request) -> Response:
         return await submit(request, spec, route)
@@ -82,7 +73,7 @@ router = APIRouter()
 def request_status(request_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
-    job = services.store.get_job(_request_id(request_id), key.id)
+    job = services.store.get_job(request_id, key.id)
     return JSONResponse(views.status_view(job, services.base_url))
 
 
@@ -90,7 +81,7 @@ def request_status(request_id: str, request: Request) -> JSONResponse:
 def cancel_request(request_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
-    job = services.store.cancel(_request_id(request_id), key.id)
+    job = services.store.cancel(request_id, key.id)
     return JSONResponse(views.status_view(job, services.base_url))
 
 
@@ -110,7 +101,7 @@ async def check_status(request: Request) -> JSONResponse:
     request_id = body.get("requestId") if isinstance(body, dict) else None
     if not isinstance(request_id, str) or not request_id:
         raise ValidationError("requestId", "is required and must be a string")
-    job = await run_in_threadpool(services.store.get_job, _request_id(request_id), key.id)
+    job = await run_in_threadpool(services.store.get_job, request_id, key.id)
     return JSONResponse(views.batch_status_view(job, services.base_url))
 
 
@@ -118,7 +109,7 @@ async def check_status(request: Request) -> JSONResponse:
 def dojo_job(job_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request, Auth.BEARER)
-    job = services.store.get_job(_request_id(job_id), key.id)
+    job = services.store.get_job(job_id, key.id)
     return JSONResponse(views.dojo_job_view(job, services.base_url))
 
 

@@ -112,4 +112,4 @@ class WebhookFields(BaseModel):
     """The body-level webhook of rows 5, 10 and 21 (checked for scheme by the API layer)."""
 
     webhook: WebhookUrl | None = None
-    webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["*"], max_length=7)
+    webhook_events_filter: list[WebhookEvent] = Field(default_factory=lambda: ["*"], min_length=1, max_length=7)

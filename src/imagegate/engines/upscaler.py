@@ -58,6 +58,7 @@ from imagegate.exceptions import EngineError, InputError, JobCanceledError, Weig
 # The endpoint's pricing and this cap speak decimal megapixels (p-image's catalog uses 1_000_000).
 MEGAPIXEL = 1_000_000
 MAX_OUTPUT_PIXELS = 8 * MEGAPIXEL
+MAX_ASPECT_RATIO = 32
 MIN_TARGET_MP, MAX_TARGET_MP = 1, 8
 MIN_FACTOR, MAX_FACTOR = 1.0, 8.0
 UPSCALE_MODES = ("target", "factor")
@@ -461,6 +462,9 @@ class RealEsrganUpscaler:
             raise InputError("image", "upscale needs an input image")
         mode, target, factor, details, realism = _engine_extra(call)
         source = call.images[0]
+        if max(source.size) > MAX_ASPECT_RATIO * min(source.size):
+            # A 20000x1 strip would cost hundreds of padded tiles for a picture nobody can use.
+            raise InputError("image", f"is {source.width}x{source.height}; the aspect ratio must be at most {MAX_ASPECT_RATIO}:1")
         if source.mode != "RGB":
             source = source.convert("RGB")
         if mode not in UPSCALE_MODES:

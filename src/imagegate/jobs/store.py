@@ -115,6 +115,14 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def _not_found_if_unstorable(job_id: str) -> None:
+    """An id no job can have (a NUL, which PostgreSQL text refuses, or a lone surrogate, which no
+    driver can encode) is simply not found, rather than an error from the database."""
+    if "\x00" in job_id or any("\ud800" <= ch <= "\udfff" for ch in job_id):
+        shown = job_id.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise RequestNotFoundError(f"Request '{shown}' not found")
+
+
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
@@ -395,6 +403,7 @@ class JobStore:
         return job, True
 
     def get_job(self, job_id: str, key_id: str | None = None) -> Job:
+        _not_found_if_unstorable(job_id)
         t = schema.jobs
         query = select(t).where(t.c.id == job_id)
         if key_id is not None:
@@ -558,6 +567,7 @@ class JobStore:
 
     def cancel(self, job_id: str, key_id: str) -> Job:
         """A queued job ends CANCELED now; a running one is flagged and stops at its next step."""
+        _not_found_if_unstorable(job_id)
         t = schema.jobs
         now = time.time()
         with self._write() as conn:

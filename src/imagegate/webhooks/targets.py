@@ -32,7 +32,7 @@ def check_webhook_url(url: object, field: str, settings: Settings) -> str:
         _ = parts.port
     except ValueError as exc:
         raise ValidationError(field, "is not a valid URL (Invalid webhook URL)") from exc
-    if not host:
+    if not host or parts.port == 0:
         raise ValidationError(field, "is not a valid URL (Invalid webhook URL)")
     if parts.scheme == "https":
         return url

@@ -1,0 +1,178 @@
+"""The end-to-end harness: the real server as a subprocess, a loopback image host, PostgreSQL.
+
+End-to-end tests drive `imagegate serve` over loopback HTTP, with keys created through the
+`imagegate keys create` command, exactly as an operator would. The fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+POSTGRES_ADMIN_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+# -- tiny models -------------------------------------------------------------------------------------
+
+
+# -- a loopback host for input images ------------------------------------------------------------------
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def sample_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth, structured picture (gradients and a disc) so image models have something to keep."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    r = (x / width * 255).astype(np.uint8)
+    g = (y / height * 255).astype(np.uint8)
+    b = np.full_like(r, int(rng.integers(40, 200)))
+    disc = (x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(width, height) / 4) ** 2
+    r[disc], g[disc], b[disc] = 250, 250, 250
+    return Image.fromarray(np.stack([r, g, b], axis=-1), "RGB")
+
+
+@dataclass
+class ImageHost:
+    base_url: str
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+
+    def add(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+        self.files[name] = (data, content_type)
+        return f"{self.base_url}/{name}"
+
+
+# -- the server ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    config: Path | None
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "imagegate.cli", *args]
+        if self.config is not None and args[0] in ("keys", "models", "worker"):
+            cmd[4:4] = ["--config", str(self.config)]
+        return subprocess.run(cmd, env=self.env, check=check, capture_output=True, text=True, timeout=120)
+
+    def create_key(self, balance: str = "100", name: str = "test") -> str:
+        out = self.cli("keys", "create", "--balance", balance, "--name", name).stdout
+        return out.strip().splitlines()[-1]
+
+    def client(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    config: Path | None,
+    database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
+) -> RunningServer:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "IMAGEGATE_DATA_DIR": str(data_dir),
+            "IMAGEGATE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
+            "IMAGEGATE_ALLOW_HTTP_WEBHOOKS": "true",
+            "IMAGEGATE_RATE_LIMIT_PER_SECOND": "10000",
+            "IMAGEGATE_RATE_LIMIT_BURST": "10000",
+            "IMAGEGATE_EMBEDDED_WORKERS": str(workers),
+            "IMAGEGATE_SHUTDOWN_GRACE_SECONDS": "10",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if database_url:
+        env["IMAGEGATE_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "imagegate.cli", "serve", "--port", str(port)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    server = RunningServer(f"http://127.0.0.1:{port}", config, env, proc, log_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not start:\n{server.log()}")
+
+
+def wait_status(client: httpx.Client, request_id: str, key: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/v2/requests/status/{request_id}", headers={"Ocp-Apim-Subscription-Key": key})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["status"] in ("COMPLETED", "FAILED", "ERROR", "CANCELED"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{request_id} still {body['status']} after {timeout}s")
+        time.sleep(0.05)
