@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     memory_budget_gb: float = 0.0  # 0 = no limit on warm models
+    # Host memory a worker process may allocate (RLIMIT_DATA); past it, the job ends ERROR
+    # (out of memory) and the worker goes on. 0 = no limit.
+    worker_memory_limit_gb: float = 0.0
     # Engine speed options (imagegate.engines.diffusers_base.EngineOptions): torch.compile of the
     # transformer, fused QKV projections, fp8 (torchao, fp8 GPUs), channels-last VAE, TF32.
     torch_compile: bool = False

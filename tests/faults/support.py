@@ -12,18 +12,17 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
+from harness import RunningServer, free_port, start_server, wait_status  # noqa: F401
 
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, JobStore
-
-
-from harness import RunningServer, free_port, start_server, wait_status  # noqa: E402,F401
 
 SUB = "Ocp-Apim-Subscription-Key"
 FLUX_DEV = "/flux-dev/v1/dev/textToImage"
@@ -265,11 +264,11 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with receiver._lock:
                     receiver.deliveries.append(Delivery(time.time(), self.headers.get("webhook-id", ""), json.loads(data)))

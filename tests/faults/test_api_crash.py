@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from imagegate.jobs.status import JobStatus
 
 from .support import (

@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -78,7 +79,7 @@ class PrivatePostgres:
             shutil.chown(self.root, "postgres", "postgres")
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.prefix, *args], capture_output=True, text=True, timeout=120, cwd=self.root)
+        return subprocess.run([*self.prefix, *args], capture_output=True, text=True, timeout=120, cwd=self.root, check=False)
 
     def init(self) -> None:
         r = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")

@@ -16,6 +16,7 @@ One data directory goes through four server lives:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,9 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
         assert store.get_job(long).attempts == 2
         [worker] = wait_workers(server)
         kill_hard(server)
+        killed = time.monotonic()
         wait_until(lambda: not alive(worker), 60, "the orphaned worker to exit")
+        print(f"MEASURE server SIGKILL: its orphaned worker exited after {time.monotonic() - killed:.1f}s")
         job = store.get_job(long)
         # Handed back by the orphan after its grace period (or finished, on a very fast machine).
         assert job.status in (JobStatus.QUEUED, JobStatus.COMPLETED) and job.lease_owner is None, job

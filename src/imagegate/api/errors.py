@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.exceptions import (
@@ -35,6 +36,7 @@ TITLES = {
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     429: "Too Many Requests",
+    503: "Service Unavailable",
     500: "Internal Server Error",
     504: "Gateway Timeout",
 }
@@ -99,6 +101,17 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"error": TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)}, status_code=exc.status_code
         )
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # A database restart or failover: nothing was committed, so the client may simply retry
+        # (with its Idempotency-Key, to be safe).
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        headers = {"Retry-After": "2"}
+        message = "The database is unavailable; retry shortly"
+        if is_dojo(request):
+            return JSONResponse({"error": {"code": "internal_error", "message": message}}, status_code=503, headers=headers)
+        return JSONResponse({"error": "Service Unavailable", "message": message}, status_code=503, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

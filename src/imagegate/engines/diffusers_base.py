@@ -293,9 +293,11 @@ def release_memory() -> None:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an accelerator (or allocator) out-of-memory error."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    # The CPU allocator reports failure as a RuntimeError of its own wording.
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 # --------------------------------------------------------------------------- determinism

@@ -24,6 +24,8 @@ from imagegate.config import Settings
 log = logging.getLogger("imagegate.supervisor")
 
 RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 5, 10, 30)
+# A worker that ran this long before dying was healthy: its next restart starts the back-off over.
+HEALTHY_RUN_SECONDS = 60.0
 PARENT_CHECK_SECONDS = 1.0
 
 
@@ -60,6 +62,7 @@ class WorkerSupervisor:
         self._ctx = mp.get_context("spawn")
         self._procs: list[mp.process.BaseProcess | None] = [None] * count
         self._failures = [0] * count
+        self._started_at = [0.0] * count
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
@@ -76,6 +79,7 @@ class WorkerSupervisor:
         )
         proc.start()
         self._procs[i] = proc
+        self._started_at[i] = time.monotonic()
         log.info("started worker process %s (pid %s)", i, proc.pid)
 
     def _watch(self) -> None:
@@ -83,6 +87,8 @@ class WorkerSupervisor:
             for i, proc in enumerate(self._procs):
                 if proc is None or proc.is_alive() or self._stop.is_set():
                     continue
+                if time.monotonic() - self._started_at[i] > HEALTHY_RUN_SECONDS:
+                    self._failures[i] = 0
                 delay = RESTART_BACKOFF_SECONDS[min(self._failures[i], len(RESTART_BACKOFF_SECONDS) - 1)]
                 log.warning("worker process %s exited with %s; restarting in %ss", i, proc.exitcode, delay)
                 self._failures[i] += 1

@@ -8,7 +8,7 @@ The database may go away for a while (a PostgreSQL restart, a failover): the loo
 and the recording of a job's outcome log the error, back off and try again, so a worker outlives
 an outage; every write stays fenced by the lease, so a retry can never finish a job twice.
 
-Operator setting ``IMAGEGATE_WORKER_MEMORY_LIMIT_GB`` (environment): the most host memory a worker
+Operator setting ``worker_memory_limit_gb`` (``IMAGEGATE_WORKER_MEMORY_LIMIT_GB``): the most host memory a worker
 process may allocate (``RLIMIT_DATA``: heap, thread stacks and other private writable mappings;
 shared libraries and mapped weight files do not count, and neither does a GPU's own memory). A
 request that needs more fails with an allocation error and ends ERROR, not charged, instead of the
@@ -56,7 +56,6 @@ IDLE_POLL_MAX_SECONDS = 0.05
 # Back-off while the database is unreachable.
 DB_RETRY_FIRST_SECONDS = 0.2
 DB_RETRY_MAX_SECONDS = 5.0
-MEMORY_LIMIT_ENV = "IMAGEGATE_WORKER_MEMORY_LIMIT_GB"
 
 # Caught around every database call of the loop, the heartbeat and the outcome; only the errors
 # that _db_unavailable() accepts are retried, anything else (a bug) still propagates.
@@ -438,22 +437,15 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def apply_memory_limit(value: str | None = None) -> int | None:
-    """Cap this process's allocatable memory at ``IMAGEGATE_WORKER_MEMORY_LIMIT_GB`` (RLIMIT_DATA).
+def apply_memory_limit(gb: float) -> int | None:
+    """Cap this process's allocatable memory at ``gb`` (RLIMIT_DATA); returns the bytes, or None.
 
-    Returns the limit in bytes, or None when no limit is set. RLIMIT_DATA rather than RLIMIT_AS:
-    address space also counts reservations that use no memory (CUDA reserves tens of GB of it,
-    and every allocator arena and thread stack reserves some), so it would depend on the machine.
+    RLIMIT_DATA rather than RLIMIT_AS: address space also counts reservations that use no memory
+    (CUDA reserves tens of GB of it, and every allocator arena and thread stack reserves some), so
+    it would depend on the machine.
     """
     import resource
 
-    raw = os.environ.get(MEMORY_LIMIT_ENV, "") if value is None else value
-    if not raw.strip():
-        return None
-    try:
-        gb = float(raw)
-    except ValueError:
-        raise ValueError(f"{MEMORY_LIMIT_ENV} must be a number of GB, not {raw!r}") from None
     if gb <= 0:
         return None
     limit = int(gb * 2**30)
@@ -467,9 +459,9 @@ def apply_memory_limit(value: str | None = None) -> int | None:
 def run_worker(settings: Settings, model_ids: list[str] | None = None) -> None:
     """Entry point of a worker process (``imagegate worker`` and the server's embedded worker)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limit = apply_memory_limit()
+    limit = apply_memory_limit(settings.worker_memory_limit_gb)
     if limit is not None:
-        log.info("worker memory limit: %.2f GB (%s)", limit / 2**30, MEMORY_LIMIT_ENV)
+        log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore(settings.resolved_database_url)
     store.migrate()
     from imagegate.webhooks.outbox import install as install_webhooks
