@@ -106,3 +106,15 @@ def api_key(server: RunningServer) -> str:
     return server.create_key("100")
 
 
+@pytest.fixture(scope="session")
+def flux1_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny FLUX.1 checkpoints, built once for the engine and fixture tests."""
+    from imagegate.fixtures.flux1 import build_flux1, build_flux1_fill, build_flux1_kontext
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "t2i": build_flux1(root),
+        "schnell": build_flux1(root, guidance_embeds=False),
+        "fill": build_flux1_fill(root),
+        "kontext": build_flux1_kontext(root),
+    }

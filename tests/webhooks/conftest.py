@@ -4,10 +4,8 @@ and deliverers running the real loop with a fast retry schedule."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +19,6 @@ from imagegate.jobs.store import ApiKey, Job, JobStore, NewJob
 from imagegate.webhooks.deliverer import Deliverer, RetryPolicy
 from imagegate.webhooks.outbox import WebhookOutbox, install
 
-PG_ADMIN_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAST = RetryPolicy(base_delay=0.05, max_delay=0.4, jitter=0.2, intermediate_attempts=3)
 OUTPUT = {
     "media": [{"key": "p-image/out.png", "content_type": "image/png"}],
@@ -134,39 +131,11 @@ def receiver() -> Iterator[Receiver]:
 # -- stores ---------------------------------------------------------------------------------------
 
 
-def _postgres_answers() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="session")
-def webhook_pg_url() -> Iterator[str]:
-    """A database of our own for this package's tests, dropped at the end."""
-    if not _postgres_answers():
-        if os.environ.get("IMAGEGATE_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL is required but {PG_ADMIN_URL} does not answer")
-        pytest.skip("no PostgreSQL server answers")
-    import psycopg
-
-    name = f"imagegate_wh_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> JobStore:
     if kind == "sqlite":
         store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
     else:
-        store = JobStore(request.getfixturevalue("webhook_pg_url"))
+        store = JobStore(request.getfixturevalue("postgres_url"))
         with store.engine.begin() as conn:
             conn.exec_driver_sql("DROP SCHEMA public CASCADE")
             conn.exec_driver_sql("CREATE SCHEMA public")

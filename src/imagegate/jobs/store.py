@@ -183,6 +183,8 @@ class JobStore:
         return self.engine.begin()
 
     class _ReadCtx:
+        """A read-only transaction; on SQLite it must not take the write lock (BEGIN, not IMMEDIATE)."""
+
         def __init__(self, engine: Engine) -> None:
             self.engine = engine
 
@@ -199,7 +201,8 @@ class JobStore:
                 self.conn.info["write"] = True
                 self.conn.close()
 
-    def _read(self) -> "_ReadCtx":
+    def read(self) -> "_ReadCtx":
+        """A read transaction for the classes that own other tables on this store's engine."""
         return self._ReadCtx(self.engine)
 
     def add_transition_hook(self, hook: TransitionHook) -> None:
@@ -251,7 +254,7 @@ class JobStore:
     def find_key(self, key_or_id: str) -> ApiKey:
         """Look a key up by its plaintext, its id or its displayed prefix (operator commands)."""
         t = schema.api_keys
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 select(t).where(sa.or_(t.c.key_hash == hash_key(key_or_id), t.c.id == key_or_id, t.c.key_prefix == key_or_id))
             ).first()
@@ -280,14 +283,14 @@ class JobStore:
         return self.find_key(key.id)
 
     def list_keys(self) -> list[ApiKey]:
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(schema.api_keys).order_by(schema.api_keys.c.created_at)).all()
         return [_key_from_row(r) for r in rows]
 
     def authenticate(self, plaintext: str | None) -> ApiKey:
         if not plaintext:
             raise AuthenticationError("Missing API key")
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(select(schema.api_keys).where(schema.api_keys.c.key_hash == hash_key(plaintext))).first()
         if row is None:
             raise AuthenticationError("Invalid API key")
@@ -297,19 +300,19 @@ class JobStore:
         return key
 
     def get_key(self, key_id: str) -> ApiKey:
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(select(schema.api_keys).where(schema.api_keys.c.id == key_id)).one()
         return _key_from_row(row)
 
     def ledger_sum(self, key_id: str) -> int:
-        with self._read() as conn:
+        with self.read() as conn:
             total = conn.execute(
                 select(func.coalesce(func.sum(schema.ledger.c.amount_micros), 0)).where(schema.ledger.c.key_id == key_id)
             ).scalar_one()
         return int(total)
 
     def ledger_rows(self, key_id: str) -> list[dict[str, Any]]:
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 select(schema.ledger).where(schema.ledger.c.key_id == key_id).order_by(schema.ledger.c.id)
             ).all()
@@ -326,7 +329,7 @@ class JobStore:
                 conn.execute(t.insert().values(model_id=model_id, enabled=enabled, updated_at=now))
 
     def model_switches(self) -> dict[str, bool]:
-        with self._read() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(schema.model_states)).all()
         return {r.model_id: bool(r.enabled) for r in rows}
 
@@ -408,7 +411,7 @@ class JobStore:
         query = select(t).where(t.c.id == job_id)
         if key_id is not None:
             query = query.where(t.c.key_id == key_id)
-        with self._read() as conn:
+        with self.read() as conn:
             row = conn.execute(query).first()
         if row is None:
             raise RequestNotFoundError(f"Request '{job_id}' not found")
@@ -421,7 +424,7 @@ class JobStore:
             query = query.where(t.c.key_id == key_id)
         if statuses is not None:
             query = query.where(t.c.status.in_([s.value for s in statuses]))
-        with self._read() as conn:
+        with self.read() as conn:
             return [Job.from_row(r) for r in conn.execute(query).all()]
 
     # -- jobs: the worker's side ----------------------------------------------------------------
@@ -462,7 +465,7 @@ class JobStore:
         query = select(t.c.id).where(t.c.status == JobStatus.QUEUED.value).limit(1)
         if model_ids is not None:
             query = query.where(t.c.model_id.in_(list(model_ids)))
-        with self._read() as conn:
+        with self.read() as conn:
             return conn.execute(query).first() is not None
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: float | None = None) -> bool | None:

@@ -187,27 +187,9 @@ class WebhookOutbox:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    class _ReadCtx:
-        def __init__(self, engine: sa.engine.Engine) -> None:
-            self.engine = engine
-
-        def __enter__(self) -> Connection:
-            self.conn = self.engine.connect()
-            # The store's SQLite engine opens write transactions with BEGIN IMMEDIATE; reads must
-            # not take the write lock.
-            self.conn.info["write"] = False
-            self.tx = self.conn.begin()
-            return self.conn
-
-        def __exit__(self, *exc: Any) -> None:
-            try:
-                self.tx.rollback()
-            finally:
-                self.conn.info["write"] = True
-                self.conn.close()
-
-    def _read(self) -> "_ReadCtx":
-        return self._ReadCtx(self.engine)
+    def _read(self) -> Any:
+        # The store's read transactions: on SQLite they must not take the write lock.
+        return self.store.read()
 
     @property
     def base_url(self) -> str:
