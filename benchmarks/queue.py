@@ -70,29 +70,32 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def measure(label: str, database_url: str | None, config: Path, seconds: float) -> dict[str, str]:
+def measure(label: str, database_url: str | None, latency_database_url: str | None, config: Path, seconds: float, api_processes: int, clients: int) -> dict[str, str]:
     from imagegate.jobs.store import JobStore
 
     row: dict[str, str] = {"database": label}
     data = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     env = {"IMAGEGATE_RATE_LIMIT_PER_SECOND": "0", "IMAGEGATE_WORKER_POLL_INTERVAL_S": "0.005"}
     # 1. Submits and polls against a server without workers: the queue alone.
-    idle = start_server(data / "idle", config=config, database_url=database_url, workers=0, extra_env=env)
+    idle = start_server(
+        data / "idle", config=config, database_url=database_url, workers=0, extra_env={**env, "IMAGEGATE_API_PROCESSES": str(api_processes)}
+    )
     try:
         key = idle.create_key("1000000")
         headers = {"X-Secret-Key": key, "Content-Type": "application/json"}
-        rate, errors = throughput(idle.base_url, "POST", SUBMIT_PATH, SUBMIT_BODY, headers, seconds, 4)
+        rate, errors = throughput(idle.base_url, "POST", SUBMIT_PATH, SUBMIT_BODY, headers, seconds, clients)
         row["submits/s"] = f"{rate:,.0f}" + (f" ({errors} err)" if errors else "")
         conn = http.client.HTTPConnection(*idle.base_url.removeprefix("http://").split(":"))
         conn.request("POST", SUBMIT_PATH, body=SUBMIT_BODY, headers=headers)
         request_id = json.loads(conn.getresponse().read())["requestId"]
         conn.close()
-        rate, errors = throughput(idle.base_url, "GET", f"/v2/requests/status/{request_id}", None, {"Ocp-Apim-Subscription-Key": key}, seconds, 4)
+        rate, errors = throughput(idle.base_url, "GET", f"/v2/requests/status/{request_id}", None, {"Ocp-Apim-Subscription-Key": key}, seconds, clients)
         row["status polls/s"] = f"{rate:,.0f}" + (f" ({errors} err)" if errors else "")
     finally:
         idle.stop()
-    # 2. Latency with one worker and tiny weights: jobs submitted one at a time.
-    busy = start_server(data / "busy", config=config, database_url=database_url, workers=1, extra_env=env)
+    # 2. Latency with one worker and tiny weights on an empty queue (a database of its own: the
+    # throughput run above left thousands of queued jobs): jobs submitted one at a time.
+    busy = start_server(data / "busy", config=config, database_url=latency_database_url, workers=1, extra_env=env)
     try:
         key = busy.create_key("1000000")
         host, port = busy.base_url.removeprefix("http://").split(":")
@@ -117,7 +120,7 @@ def measure(label: str, database_url: str | None, config: Path, seconds: float) 
                 ids.append(request_id)
             time.sleep(0.05)  # let the worker go idle, as a fresh submit would find it
         conn.close()
-        store = JobStore(database_url or f"sqlite:///{data / 'busy' / 'imagegate.db'}")
+        store = JobStore(latency_database_url or f"sqlite:///{data / 'busy' / 'imagegate.db'}")
         starts = [(j.started_at - j.created_at) * 1000 for j in (store.get_job(i) for i in ids)]
         store.dispose()
         row["enqueue→start p50 ms"] = f"{statistics.median(starts):.1f}"
@@ -132,25 +135,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--api-processes", type=int, default=2, help="api_processes of the throughput server")
+    parser.add_argument("--clients", type=int, default=8, help="load-generator processes (one keep-alive connection each)")
     args = parser.parse_args()
     fixtures = Path(tempfile.mkdtemp(prefix="bench-fixtures-"))
     subprocess.run([sys.executable, "-m", "imagegate.cli", "fixtures", "build", str(fixtures)], check=True, capture_output=True)
     config = fixtures / "imagegate.toml"
-    rows = [measure("SQLite", None, config, args.seconds)]
+    rows = [measure("SQLite", None, None, config, args.seconds, args.api_processes, args.clients)]
     if not args.skip_postgres and _postgres_available():
         import psycopg
 
-        name = f"imagegate_bench_{uuid.uuid4().hex[:8]}"
+        names = [f"imagegate_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            for name in names:
+                conn.execute(f'CREATE DATABASE "{name}"')
         try:
             base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            rows.append(measure("PostgreSQL", f"{base}/{name}", config, args.seconds))
+            rows.append(measure("PostgreSQL", f"{base}/{names[0]}", f"{base}/{names[1]}", config, args.seconds, args.api_processes, args.clients))
         finally:
             with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                for name in names:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     columns = list(rows[0])
-    print(f"\nqueue benchmark ({os.cpu_count()} cores, {args.seconds:g} s per throughput run, 4 client processes)\n")
+    print(
+        f"\nqueue benchmark ({os.cpu_count()} cores; throughput: api_processes={args.api_processes}, {args.clients} client "
+        f"processes, {args.seconds:g} s per run; latency: 1 worker, tiny FLUX.1 64x64 1 step)\n"
+    )
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:

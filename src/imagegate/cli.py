@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -54,15 +55,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the spot and the steps below never run: the workers were orphaned instead of being given
     # their grace period. This handler turns that second delivery into an exception instead.
     signal.signal(signal.SIGTERM, _on_sigterm)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
     try:
-        uvicorn.run(
-            create_app(settings, store=store),
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        )
+        if settings.api_processes > 1:
+            # uvicorn binds once and runs the app factory in each process.
+            from imagegate.api.app import SETTINGS_ENV
+
+            os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            uvicorn.run(
+                "imagegate.api.app:create_app_from_environment", factory=True, workers=settings.api_processes, **common
+            )
+        else:
+            uvicorn.run(create_app(settings, store=store), **common)
     except _Terminated:
         logging.getLogger("imagegate").info("SIGTERM: stopping the workers (grace %gs)", settings.shutdown_grace_seconds)
     finally:

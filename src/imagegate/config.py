@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # API processes `imagegate serve` runs on the one listening socket (status polls and submits
+    # scale with them; each holds its own key cache and rate-limit buckets).
+    api_processes: int = 1
     # Worker processes that `imagegate serve` starts beside the API (0 = run `imagegate worker`).
     embedded_workers: int = 1
     worker_poll_interval_s: float = 0.005

@@ -16,6 +16,17 @@ from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
 
 
+SETTINGS_ENV = "IMAGEGATE_SERVE_SETTINGS_JSON"
+
+
+def create_app_from_environment() -> FastAPI:
+    """The factory each extra API process of ``imagegate serve`` runs (uvicorn ``factory=True``):
+    the parent passes its resolved settings in the environment."""
+    import os
+
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
 def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     own_store = store is None
 

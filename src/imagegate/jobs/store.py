@@ -127,6 +127,18 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+# The statements of the hottest reads (every status poll, every uncached key), built once.
+_JOB_BY_ID = select(schema.jobs).where(schema.jobs.c.id == sa.bindparam("job_id"))
+_OWN_JOB_BY_ID = _JOB_BY_ID.where(schema.jobs.c.key_id == sa.bindparam("key_id"))
+_KEY_BY_HASH = select(schema.api_keys).where(schema.api_keys.c.key_hash == sa.bindparam("key_hash"))
+_ANY_QUEUED = select(schema.jobs.c.id).where(schema.jobs.c.status == JobStatus.QUEUED.value).limit(1)
+_ANY_QUEUED_FOR = (
+    select(schema.jobs.c.id)
+    .where(schema.jobs.c.status == JobStatus.QUEUED.value, schema.jobs.c.model_id.in_(sa.bindparam("model_ids", expanding=True)))
+    .limit(1)
+)
+
+
 def _key_from_row(row: Any) -> ApiKey:
     m = row._mapping
     return ApiKey(**{f.name: m[f.name] for f in fields(ApiKey)})
@@ -148,6 +160,10 @@ class JobStore:
             self._configure_sqlite(self.engine)
         else:
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # SQLite's connections already run in autocommit (the begin hook opens transactions).
+        self._single_reads = (
+            self.engine if self.dialect == "sqlite" else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @staticmethod
     def _configure_sqlite(engine: Engine) -> None:
@@ -166,6 +182,8 @@ class JobStore:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
+            if conn.info.get("single_read"):
+                return  # one SELECT is atomic on its own: no transaction to open or roll back
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -200,6 +218,16 @@ class JobStore:
             finally:
                 self.conn.info["write"] = True
                 self.conn.close()
+
+    def _read_first(self, statement: Any, params: dict[str, Any]) -> Any:
+        """One SELECT, one row: the hot read path of polls and key lookups. A single statement is
+        atomic on its own, so it runs outside a transaction (no BEGIN and ROLLBACK round trips)."""
+        with self._single_reads.connect() as conn:
+            conn.info["single_read"] = True
+            try:
+                return conn.execute(statement, params).first()
+            finally:
+                conn.info["single_read"] = False
 
     def read(self) -> "_ReadCtx":
         """A read transaction for the classes that own other tables on this store's engine."""
@@ -290,8 +318,7 @@ class JobStore:
     def authenticate(self, plaintext: str | None) -> ApiKey:
         if not plaintext:
             raise AuthenticationError("Missing API key")
-        with self.read() as conn:
-            row = conn.execute(select(schema.api_keys).where(schema.api_keys.c.key_hash == hash_key(plaintext))).first()
+        row = self._read_first(_KEY_BY_HASH, {"key_hash": hash_key(plaintext)})
         if row is None:
             raise AuthenticationError("Invalid API key")
         key = _key_from_row(row)
@@ -407,12 +434,10 @@ class JobStore:
 
     def get_job(self, job_id: str, key_id: str | None = None) -> Job:
         _not_found_if_unstorable(job_id)
-        t = schema.jobs
-        query = select(t).where(t.c.id == job_id)
-        if key_id is not None:
-            query = query.where(t.c.key_id == key_id)
-        with self.read() as conn:
-            row = conn.execute(query).first()
+        if key_id is None:
+            row = self._read_first(_JOB_BY_ID, {"job_id": job_id})
+        else:
+            row = self._read_first(_OWN_JOB_BY_ID, {"job_id": job_id, "key_id": key_id})
         if row is None:
             raise RequestNotFoundError(f"Request '{job_id}' not found")
         return Job.from_row(row)
@@ -461,12 +486,10 @@ class JobStore:
         return job
 
     def has_queued(self, model_ids: Iterable[str] | None = None) -> bool:
-        t = schema.jobs
-        query = select(t.c.id).where(t.c.status == JobStatus.QUEUED.value).limit(1)
-        if model_ids is not None:
-            query = query.where(t.c.model_id.in_(list(model_ids)))
-        with self.read() as conn:
-            return conn.execute(query).first() is not None
+        """The idle worker's cheap check before it tries a claim (a write) in earnest."""
+        if model_ids is None:
+            return self._read_first(_ANY_QUEUED, {}) is not None
+        return self._read_first(_ANY_QUEUED_FOR, {"model_ids": list(model_ids)}) is not None
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float, progress: float | None = None) -> bool | None:
         """Renew the lease. Returns whether a cancel was requested, or None if the lease is lost."""

@@ -52,7 +52,8 @@ log = logging.getLogger("imagegate.worker")
 
 MAX_DATASET_IMAGES = 200
 RECOVER_EVERY_SECONDS = 1.0
-IDLE_POLL_MAX_SECONDS = 0.05
+# An idle worker checks for work at least this often: the bound on enqueue-to-start latency.
+IDLE_POLL_MAX_SECONDS = 0.02
 # Back-off while the database is unreachable.
 DB_RETRY_FIRST_SECONDS = 0.2
 DB_RETRY_MAX_SECONDS = 5.0
