@@ -311,7 +311,7 @@ def pending_terminal_events(store: JobStore, job_id: str) -> list[dict[str, Any]
     from imagegate.jobs import schema
 
     e = schema.webhook_events
-    with store._read() as conn:
+    with store.read() as conn:
         rows = conn.execute(sa.select(e).where(e.c.job_id == job_id, e.c.terminal.is_(True))).all()
     return [dict(r._mapping) for r in rows if r.state == "pending"]
 
