@@ -63,7 +63,7 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
 
         # 1. SIGTERM: the running job finishes, the queued ones stay queued.
         with server.client() as client:
-            finished = submit(client, key, slow(12), **hook)
+            finished = submit(client, key, slow(40), **hook)  # must outlast the next two submits and the SIGTERM
             wait_running(client, key, finished)
             waiting = [submit(client, key, {**FAST, "prompt": f"waiting {i}"}, **hook) for i in range(2)]
         took = stop_gracefully(server)
@@ -84,7 +84,7 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
         receiver.wait_terminal([finished, *waiting])
         with server.client() as client:
             # Long enough to outlive a 1 s grace period after its first step, even on a fast CPU.
-            long = submit(client, key, slow(40, "a very long exposure", side=384), **hook)
+            long = submit(client, key, slow(50, "a very long exposure", side=768), **hook)  # seconds, even on a quiet machine
             wait_running(client, key, long)
             behind = submit(client, key, {**FAST, "prompt": "behind the long one"}, **hook)
         took = stop_gracefully(server)
