@@ -197,7 +197,7 @@ def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_
             retried += list(raced)
 
             # Outage 2, the worker busy: a job is running (lease renewals fail) and others wait.
-            running = submit(client, key, slow(16), **hook)
+            running = submit(client, key, slow(50, side=768), **hook)  # must still run when the test sees it
             queued = [submit(client, key, {**FAST, "prompt": f"queued {i}"}, **hook) for i in range(2)]
             wait_running(client, key, running)
             took = outage()

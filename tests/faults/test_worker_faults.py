@@ -135,7 +135,7 @@ def test_killed_worker_job_is_claimed_again_and_completes_once(srv: Any, store: 
     key, key_id = new_key(store, 10)
     before = balance(store, key_id)
     with srv.client() as client:
-        job_id = submit(client, key, slow(12), **{"X-Webhook-URL": receiver.url})
+        job_id = submit(client, key, slow(30, side=512), **{"X-Webhook-URL": receiver.url})  # still running at the kill
         wait_running(client, key, job_id)
         [old] = worker_pids(srv)
         assert store.get_job(job_id).attempts == 1
