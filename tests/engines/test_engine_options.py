@@ -251,21 +251,25 @@ def test_reloading_a_sharer_does_not_evict_what_it_shares(flux1_dirs):
     manager.unload_all()
 
 
-def test_qwen_image_keys_share_the_transformer_and_its_cfg_hook(qwen_dir):
-    source = str(qwen_dir)
+def test_qwen_image_engines_keep_their_guidance_to_themselves(qwen_dir, tmp_path):
+    """Text-to-image and edit load different checkpoints, so each transformer carries its own
+    guidance hook: a CFG window or image guidance on one never reaches the other."""
+    from imagegate.fixtures.qwen_image import build_qwen_image_edit
+
     manager = ModelManager("cpu", "auto", engine_options={"fuse_qkv": True})
-    text = manager.get("qwen-image", "qwen-image.text-to-image", source)
-    edit = manager.get("boogu-image-edit", "qwen-image.edit", source)
-    assert edit.pipe.transformer is text.pipe.transformer and edit.cfg_hook is text.cfg_hook
+    text = manager.get("boogu-image", "qwen-image.text-to-image", str(qwen_dir))
+    edit = manager.get("boogu-image-edit", "qwen-image.edit", str(build_qwen_image_edit(tmp_path)))
+    assert edit.pipe.transformer is not text.pipe.transformer and edit.guidance_hook is not text.guidance_hook
     assert text.optimisations["fuse_qkv"].startswith("n/a")
-    assert manager.used_bytes == text.memory_bytes
+    assert manager.used_bytes == text.memory_bytes + edit.memory_bytes
     window = {"cfg_range_start": 0.0, "cfg_range_end": 0.5}
-    first = text(t2i(num_inference_steps=4, extra=window), noop)
+    guided = dict(negative_prompt="blurry", guidance_scale=4.0, num_inference_steps=4)
+    first = text(t2i(extra=window, **guided), noop)
     edited = edit(EngineCall(task="edit", prompt="make it blue", images=[Image.new("RGB", (64, 64), "red")],
-                             num_inference_steps=4, extra=window), noop)
-    assert first.info["unconditional_passes_skipped"] == 2 and edited.images[0].size == (64, 64)
-    assert pixels(text(t2i(num_inference_steps=4, extra=window), noop).images[0]).tolist() == pixels(
-        first.images[0]).tolist()
+                             extra={"image_guidance_scale": 2.0}, **guided), noop)
+    assert first.info["unconditional_passes_skipped"] == 2 and first.info["cfg_range"] == [0.0, 0.5]
+    assert edited.info["unconditional_passes_skipped"] == 0 and edited.info["reference_free_passes"] == 8
+    assert pixels(text(t2i(extra=window, **guided), noop).images[0]).tolist() == pixels(first.images[0]).tolist()
     manager.unload_all()
 
 

@@ -332,7 +332,10 @@ def test_klein_base_guidance_and_negative_prompt(klein_t2i):
     unguided_negative = klein_t2i(call(guidance_scale=1.0, negative_prompt="blurry, dark"), Steps())
     assert np.array_equal(pixels(plain.images[0]), pixels(unguided_negative.images[0]))
     batch = klein_t2i(call(guidance_scale=4.0, negative_prompt="blurry, dark", num_images=2), Steps())
-    assert np.array_equal(pixels(batch.images[0]), pixels(negative.images[0]))
+    # The batch's first image is the single call's image: same noise, same prompts. Batched float32
+    # matmuls may round differently from single ones, so a pixel can land one level off.
+    off = np.abs(pixels(batch.images[0]) - pixels(negative.images[0]))
+    assert off.max() <= 1 and (off > 0).mean() < 0.001
     assert mean_abs(batch.images[0], batch.images[1]) > 1
 
 

@@ -41,8 +41,16 @@ def t2i(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def edit(checkpoint):
-    return resolve_factory("qwen-image.edit")(str(checkpoint), device="cpu", dtype="auto", model_id="boogu-image-edit")
+def edit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from imagegate.fixtures.qwen_image import build_qwen_image_edit
+
+    return build_qwen_image_edit(tmp_path_factory.mktemp("qwen-edit"))
+
+
+@pytest.fixture(scope="module")
+def edit(edit_checkpoint):
+    factory = resolve_factory("qwen-image.edit")
+    return factory(str(edit_checkpoint), device="cpu", dtype="auto", model_id="boogu-image-edit")
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -198,48 +206,93 @@ def test_cancel_mid_window_leaves_the_hook_reusable(t2i):
 # --------------------------------------------------------------------------- editing
 
 
-def test_image_guidance_table_is_monotonic():
-    scales = [s for s, _ in qi.IMAGE_GUIDANCE_STRENGTH]
-    strengths = [v for _, v in qi.IMAGE_GUIDANCE_STRENGTH]
-    assert scales[0] == 1.0 and scales[-1] == 8.0
-    assert all(a > b for a, b in zip(strengths, strengths[1:]))
-    assert qi.strength_for_image_guidance(1.5) == pytest.approx((strengths[0] + strengths[1]) / 2)
+def edit_call(**overrides) -> EngineCall:
+    values = dict(task="edit", prompt="make the sky blue", images=[gradient(96, 64)], seed=1,
+                  num_inference_steps=3, guidance_scale=4.0)
+    values.update(overrides)
+    return EngineCall(**values)
 
 
-def test_edit_image_guidance_controls_how_much_input_survives(edit):
-    source = gradient()
-    # The tiny VAE is random, so "the input" as the model can reproduce it is its VAE round trip:
-    # the output of a near-zero strength.
-    round_trip = pixels(edit(EngineCall(task="image-to-image", prompt="", images=[source], seed=0,
-                                        num_inference_steps=50, strength=0.02, guidance_scale=1.0),
-                             Steps()).images[0])
-    results = {}
-    for scale in (1.0, 4.0, 8.0):
-        results[scale] = edit(EngineCall(task="edit", prompt="make the sky blue", images=[source], seed=1,
-                                         num_inference_steps=20, extra={"image_guidance_scale": scale}), Steps())
-    assert [results[s].info["strength"] for s in (1.0, 4.0, 8.0)] == [0.8, 0.55, 0.3]
-    assert [results[s].info["steps_run"] for s in (1.0, 4.0, 8.0)] == [16, 11, 6]
-    assert mean_abs(results[1.0].images[0], results[8.0].images[0]) > 1
-    distances = [mean_abs(results[s].images[0], round_trip) for s in (1.0, 4.0, 8.0)]
-    assert distances[2] < distances[0]
+def test_edit_checkpoint_is_in_the_published_layout(edit_checkpoint):
+    import json
+
+    index = json.loads((edit_checkpoint / "model_index.json").read_text())
+    assert index["_class_name"] == "QwenImageEditPlusPipeline"
+    assert index["processor"] == ["transformers", "Qwen2VLProcessor"]
+    assert (edit_checkpoint / "processor" / "tokenizer.json").is_file()
+
+
+def test_edit_with_unit_image_guidance_is_the_plain_pipeline(edit, edit_checkpoint):
+    """Scale 1 leaves the edit pipeline untouched: same bytes as calling diffusers directly."""
+    from diffusers import QwenImageEditPlusPipeline
+
+    source = gradient(96, 64)
+    ours = edit(edit_call(images=[source], extra={"image_guidance_scale": 1.0}), Steps())
+    assert ours.info["reference_free_passes"] == 0 and ours.images[0].size == (96, 64)
+    plain = QwenImageEditPlusPipeline.from_pretrained(
+        str(edit_checkpoint), **qi.QwenImageEdit.load_components(str(edit_checkpoint)))
+    plain.set_progress_bar_config(disable=True)
+    direct = plain(image=[source], prompt="make the sky blue", negative_prompt=qi.EMPTY_NEGATIVE_PROMPT,
+                   true_cfg_scale=4.0, num_inference_steps=3, width=96, height=64,
+                   generator=torch.Generator("cpu").manual_seed(1)).images[0]
+    assert same(ours.images[0], direct)
+
+
+def test_image_guidance_runs_reference_free_passes_and_grows_with_the_scale(edit):
+    results = {scale: edit(edit_call(extra={"image_guidance_scale": scale}), Steps()) for scale in (1.0, 2.0, 8.0)}
+    # 3 steps x 2 branches (true CFG), one extra pass each when the scale is above 1.
+    assert [results[s].info["reference_free_passes"] for s in (1.0, 2.0, 8.0)] == [0, 6, 6]
+    assert [results[s].info["image_guidance_scale"] for s in (1.0, 2.0, 8.0)] == [1.0, 2.0, 8.0]
+    near, far = mean_abs(results[1.0].images[0], results[2.0].images[0]), mean_abs(
+        results[1.0].images[0], results[8.0].images[0])
+    assert 0.5 < near < far
+    again = edit(edit_call(extra={"image_guidance_scale": 8.0}), Steps())
+    assert same(again.images[0], results[8.0].images[0])
+
+
+def test_image_guidance_hook_applies_the_formula(edit):
+    """One transformer call through the hook equals ``pred + (g - 1) * (pred - pred_without_ref)``."""
+    transformer = edit.pipe.transformer
+    generator = torch.Generator().manual_seed(0)
+    channels = transformer.config.in_channels
+    out_shape, ref_shape = (1, 2, 3), (1, 4, 4)
+    hidden = torch.randn(2, 6 + 16, channels, generator=generator)
+    text = torch.randn(2, 5, transformer.config.joint_attention_dim, generator=generator)
+    kwargs = dict(encoder_hidden_states=text, encoder_hidden_states_mask=torch.ones(2, 5, dtype=torch.long),
+                  timestep=torch.full((2,), 0.5), return_dict=False)
+    hook = edit.guidance_hook
+    with torch.no_grad():
+        hook.configure(None, edit.pipe, image_guidance=1.0)
+        with_ref = transformer(hidden_states=hidden, img_shapes=[[out_shape, ref_shape]] * 2, **kwargs)[0]
+        without = transformer(hidden_states=hidden[:, :6], img_shapes=[[out_shape]] * 2, **kwargs)[0]
+        hook.configure(None, edit.pipe, image_guidance=3.0)
+        guided = transformer(hidden_states=hidden, img_shapes=[[out_shape, ref_shape]] * 2, **kwargs)[0]
+        hook.configure(None, edit.pipe)
+    assert not torch.allclose(with_ref[:, :6], without, atol=1e-4)
+    torch.testing.assert_close(guided[:, :6], with_ref[:, :6] + 2.0 * (with_ref[:, :6] - without))
+    torch.testing.assert_close(guided[:, 6:], with_ref[:, 6:])
 
 
 def test_edit_sizes_guidance_and_validation(edit):
     source = gradient(96, 64)
-    kept = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4), Steps())
-    assert kept.images[0].size == (96, 64)
-    sized = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4,
-                            width=64, height=64, num_images=2), Steps())
+    kept = edit(edit_call(images=[source], guidance_scale=1.0), Steps())
+    assert kept.images[0].size == (96, 64) and kept.info["classifier_free_guidance"] is False
+    sized = edit(edit_call(images=[source], width=64, height=64, num_images=2, guidance_scale=1.0), Steps())
     assert [im.size for im in sized.images] == [(64, 64), (64, 64)]
-    guided = edit(EngineCall(task="edit", prompt="make it snow", images=[source], num_inference_steps=4,
-                             negative_prompt="blurry", guidance_scale=4.0,
-                             extra={"cfg_range_start": 0.0, "cfg_range_end": 0.5}), Steps())
-    assert guided.info["unconditional_passes_skipped"] >= 1
+    guided = edit(edit_call(images=[source], negative_prompt="blurry", num_inference_steps=4,
+                            extra={"cfg_range_start": 0.0, "cfg_range_end": 0.5, "image_guidance_scale": 2.0}),
+                  Steps())
+    # Steps 2 and 3 fall outside the window: their unconditional pass (and its reference-free
+    # companion) is skipped.
+    assert guided.info["unconditional_passes_skipped"] == 2 and guided.info["reference_free_passes"] == 6
     assert mean_abs(kept.images[0], guided.images[0]) > 0.3
     with pytest.raises(InputError, match="image"):
-        edit(EngineCall(task="edit", prompt="x", images=[source, source]), Steps())
-    with pytest.raises(InputError, match="image_guidance_scale"):
-        edit(EngineCall(task="edit", prompt="x", images=[source], extra={"image_guidance_scale": 9}), Steps())
+        edit(edit_call(images=[source, source]), Steps())
+    for bad in (0.5, 9, "x"):
+        with pytest.raises(InputError, match="image_guidance_scale"):
+            edit(edit_call(extra={"image_guidance_scale": bad}), Steps())
+    with pytest.raises(InputError, match="acceleration"):
+        edit(edit_call(acceleration="regular", extra={"image_guidance_scale": 2.0}), Steps())
     with pytest.raises(InputError, match="task"):
         edit(EngineCall(task="text-to-image", prompt="x"), Steps())
 
@@ -248,3 +301,9 @@ def test_edit_sizes_guidance_and_validation(edit):
 def test_missing_weights(key, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="weights for boogu-image not found"):
         resolve_factory(key)(str(tmp_path / "absent"), device="cpu", dtype="auto", model_id="boogu-image")
+
+
+def test_edit_needs_the_edit_checkpoint(checkpoint):
+    """A text-to-image folder has no processor: the edit engine reports missing weights."""
+    with pytest.raises(WeightsNotFoundError, match="not a complete diffusers checkpoint"):
+        resolve_factory("qwen-image.edit")(str(checkpoint), device="cpu", dtype="auto", model_id="boogu-image-edit")

@@ -1,7 +1,9 @@
-"""Boogu Image and Boogu Image Edit, served by Qwen-Image (rows 1–3).
+"""Boogu Image and Boogu Image Edit, served by Qwen-Image and Qwen-Image-Edit (rows 1–3).
 
 Qwen-Image is the open model with the same strengths the seed lists: bilingual prompts and
-text rendering, true classifier-free guidance with a negative prompt.
+text rendering, true classifier-free guidance with a negative prompt. Its instruction-editing
+sibling (Qwen-Image-Edit-2509) serves the edit rows, with image guidance for
+``image_guidance_scale``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from imagegate.catalog.fields import (
 from imagegate.engines.base import EngineCall
 
 WEIGHTS = "Qwen/Qwen-Image"
+EDIT_WEIGHTS = "Qwen/Qwen-Image-Edit-2509"
 
 # Row 3 prices in credits: 1 credit for a 1K image, 2K sizes per megapixel (rounded up).
 ONE_K_PIXELS = 1024 * 1024
@@ -139,7 +142,7 @@ MODELS = [
         family="qwen-image",
         task="edit",
         engine_key="qwen-image.edit",
-        default_weights=WEIGHTS,
+        default_weights=EDIT_WEIGHTS,
         schema=BooguImageEditRequest,
         routes=[
             Route("/boogu-image-edit/v1/boogu-image-edit-request", Protocol.QUEUE),

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -171,9 +171,13 @@ def load_pipeline(
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     model_id: str | None = None,
+    component_loader: Callable[[str], dict[str, Any]] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Any:
     """``pipeline_class.from_pretrained(source, dtype=...)`` moved to the resolved device.
+
+    ``component_loader(source)`` builds components to pass in instead of the checkpoint's own
+    classes (read from the same weights, so its missing files count as missing weights).
 
     Missing weights (no such directory, a hub id absent from the cache while offline, an unknown
     repository) raise :class:`WeightsNotFoundError`; weights that exist but do not load raise
@@ -189,7 +193,8 @@ def load_pipeline(
     is_local = os.path.isdir(source)
     try:
         # diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (same meaning; the old name warns).
-        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, **from_pretrained_kwargs)
+        built = component_loader(source) if component_loader is not None else {}
+        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, **built, **from_pretrained_kwargs)
     except OSError as exc:
         # huggingface_hub's LocalEntryNotFoundError, RepositoryNotFoundError, GatedRepoError,
         # RevisionNotFoundError and OfflineModeIsEnabled are all OSErrors, and so is diffusers'
@@ -946,7 +951,8 @@ class DiffusersEngine:
         resolved_device, torch_dtype = resolve_device_dtype(device, dtype)
         requested = EngineOptions.coerce(options)
         if components is None:
-            pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id)
+            pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype,
+                                 model_id=model_id, component_loader=cls.load_components)
             return cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
         variants = cls.component_variants(requested.for_device(resolved_device))
         group = ComponentCache.group(source, resolved_device, torch_dtype)
@@ -956,7 +962,13 @@ class DiffusersEngine:
             if reuse:
                 logger.info("%s: reusing %s loaded from %s", model_id or source, ", ".join(sorted(reuse)), source)
             pipe = load_pipeline(
-                cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype, model_id=model_id, **reuse
+                cls.pipeline_class,
+                source,
+                device=resolved_device,
+                dtype=torch_dtype,
+                model_id=model_id,
+                component_loader=cls.load_components,
+                **reuse,
             )
             engine = cls(
                 pipe,
@@ -969,6 +981,11 @@ class DiffusersEngine:
             )
             components.register(group, pipe.components, variants)
         return engine
+
+    @classmethod
+    def load_components(cls, source: str) -> dict[str, Any]:
+        """Components to build here rather than from the checkpoint's own classes (none by default)."""
+        return {}
 
     @classmethod
     def component_variants(cls, options: EngineOptions) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Qwen-Image engines: text-to-image (``QwenImagePipeline``) and instruction editing
-(``QwenImageImg2ImgPipeline``), both on one Qwen-Image checkpoint.
+(``QwenImageEditPlusPipeline``, the Qwen-Image-Edit-2509 checkpoints).
 
 Qwen-Image reads Chinese and English prompts through its Qwen2.5-VL encoder and is not
 guidance-distilled: guidance is true classifier-free guidance, a second transformer pass per step
@@ -10,32 +10,37 @@ the conditional branch alone.
 
 ``extra["cfg_range_start"]`` / ``extra["cfg_range_end"]`` (fractions of the denoising steps) limit
 guidance to the steps whose ``step_index / total_steps`` lies in ``[start, end)``; every other step
-costs one forward pass. See :class:`CfgRangeHook` for how.
+costs one forward pass.
 
-Editing: ``QwenImageEditPipeline`` cannot load on machines without torchvision (its Qwen2-VL
-processor needs it), so ``qwen-image.edit`` is image-to-image on the same weights: the input is
-VAE-encoded, noised to ``strength`` and denoised towards the instruction. ``image_guidance_scale``
-(1–8, how strongly the output should hold on to the input) picks the strength from
-:data:`IMAGE_GUIDANCE_STRENGTH`.
+Editing: Qwen-Image-Edit sees the input twice, as vision tokens in the instruction's encoding and as
+VAE latents appended to the transformer's sequence. ``extra["image_guidance_scale"]`` (1–8, "how
+closely the output follows the input image") is image guidance in the InstructPix2Pix sense on the
+second path: every prediction is pushed ``scale - 1`` times its distance away from the same
+prediction made without the reference latents. 1 is the plain pipeline. :class:`GuidanceHook`
+implements both controls.
+
+The edit pipeline's processor (``Qwen2VLProcessor``) also owns a video processor that cannot be
+built without torchvision. Where torchvision is missing the engine passes
+:class:`ImageOnlyQwen2VLProcessor`, the same processor without the video half, which the edit
+pipeline never uses.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import weakref
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from diffusers import QwenImageImg2ImgPipeline, QwenImagePipeline
+from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
+from transformers import Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
 
 from imagegate.engines.base import EngineCall
-from imagegate.engines.diffusers_base import (
-    DiffusersEngine,
-    fit_image,
-    round_to_multiple,
-)
+from imagegate.engines.diffusers_base import DiffusersEngine, round_to_multiple
 from imagegate.exceptions import InputError
 
 # Qwen's reference settings.
@@ -43,29 +48,40 @@ QWEN_STEPS, QWEN_TRUE_CFG = 50, 4.0
 EMPTY_NEGATIVE_PROMPT = " "  # Qwen's documented way to enable CFG without a negative prompt
 MAX_SEQUENCE_LENGTH = 512
 MAX_EDIT_AREA = 1024 * 1024  # edits keep the input's size, capped like the generation sizes
+IMAGE_GUIDANCE_RANGE = (1.0, 8.0)
 
-# image_guidance_scale -> img2img strength (the fraction of the schedule re-noised and redrawn).
-# Higher image guidance keeps more of the input: 1 (the APIs' default) redraws 80 % of the schedule,
-# enough for the instruction to change content; 8 redraws the last 30 %, a retouch. Values between
-# the rows are interpolated linearly; the ends clamp.
-IMAGE_GUIDANCE_STRENGTH: tuple[tuple[float, float], ...] = (
-    (1.0, 0.80),
-    (2.0, 0.70),
-    (3.0, 0.62),
-    (4.0, 0.55),
-    (5.0, 0.48),
-    (6.0, 0.42),
-    (7.0, 0.36),
-    (8.0, 0.30),
-)
-DEFAULT_IMAGE_GUIDANCE = 1.0
-
-CFG_RANGE_HOOK = "imagegate_cfg_range"
+GUIDANCE_HOOK = "imagegate_guidance"
 
 
-def strength_for_image_guidance(image_guidance_scale: float) -> float:
-    scales, strengths = zip(*IMAGE_GUIDANCE_STRENGTH)
-    return float(np.interp(float(image_guidance_scale), scales, strengths))
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` with its image processor and tokenizer only.
+
+    transformers derives a processor's parts from its ``__init__`` signature, so leaving
+    ``video_processor`` out of it is what keeps the video half (torchvision-only) from being built.
+    Text and images are processed by the parent's code unchanged.
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
+                 **kwargs: Any) -> None:
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def load_vl_processor(source: str) -> ImageOnlyQwen2VLProcessor | None:
+    """The edit checkpoint's processor without its video half, where torchvision is missing;
+    ``None`` where the checkpoint's own ``Qwen2VLProcessor`` loads."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return None
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return ImageOnlyQwen2VLProcessor(
+        Qwen2VLImageProcessorPil.from_pretrained(source, subfolder="processor"),
+        AutoTokenizer.from_pretrained(source, subfolder="processor"),
+    )
 
 
 class _NoState(BaseState):
@@ -73,24 +89,30 @@ class _NoState(BaseState):
         pass
 
 
-class CfgRangeHook(ModelHook):
-    """Runs the unconditional branch only on steps inside the CFG window; elsewhere it answers the
-    pipeline's ``"uncond"`` call with the step's conditional prediction, without a forward pass.
+class GuidanceHook(ModelHook):
+    """The two guidance controls the Qwen-Image loops cannot express, on the transformer.
 
-    Why a transformer hook: ``QwenImagePipeline.__call__`` decides ``do_true_cfg`` once, in a local
-    variable, before the loop, and reads neither ``self._guidance_scale`` nor anything else the
-    step callback could change, so a ``callback_on_step_end`` cannot switch guidance per step.
-    Overriding the loop would copy ~250 lines of the pipeline. The loop does, however, label its two
-    transformer calls with ``cache_context("cond")`` and ``cache_context("uncond")``, which diffusers
-    delivers to every stateful hook on the transformer (through the ``StateManager`` below). Given
-    an unconditional prediction equal to the conditional one, the pipeline's combination
+    **CFG window.** Runs the unconditional branch only on steps inside the window; elsewhere it
+    answers the pipeline's ``"uncond"`` call with the step's conditional prediction, without a
+    forward pass. Why a transformer hook: the pipelines decide ``do_true_cfg`` once, in a local
+    variable, before the loop, and read neither ``self._guidance_scale`` nor anything else the step
+    callback could change, so a ``callback_on_step_end`` cannot switch guidance per step. Overriding
+    the loop would copy ~250 lines of the pipeline. The loop does, however, label its two transformer
+    calls with ``cache_context("cond")`` and ``cache_context("uncond")``, which diffusers delivers to
+    every stateful hook on the transformer (through the ``StateManager`` below). Given an
+    unconditional prediction equal to the conditional one, the pipeline's combination
     ``neg + s * (cond - neg)`` is exactly ``cond`` and its norm rescaling ``cond * |cond| / |cond|``
     is exactly 1, so those steps are bit-identical to running without guidance.
 
-    The hook stays registered for the transformer's lifetime and is inert unless :meth:`configure`
-    gave it a window. Engines that share the transformer (text-to-image and edit on one checkpoint)
-    share the hook too; their shared call lock serialises calls, and every call reconfigures it with
-    its own pipeline.
+    **Image guidance.** The edit pipeline appends the input's VAE latents to the transformer's
+    sequence (``img_shapes`` lists the output first, then each reference). With a scale ``g > 1``
+    every transformer call also runs once without the reference tokens, and the output tokens become
+    ``pred + (g - 1) * (pred - pred_without_reference)``; the reference tokens pass through (the
+    pipeline drops them). Both CFG branches get it, so it composes with true CFG and the window.
+
+    One hook per transformer, registered for its lifetime and inert until :meth:`configure` gives it
+    a window or a scale. Engines sharing the transformer share the hook; their shared call lock
+    serialises calls, and every call reconfigures it.
     """
 
     _is_stateful = True
@@ -101,16 +123,20 @@ class CfgRangeHook(ModelHook):
         self.state_manager = StateManager(_NoState)
         self._pipe = weakref.ref(pipe)
         self.window: tuple[float, float] | None = None
+        self.image_guidance = 1.0
         self.step_index = -1
         self.skipped_passes = 0
+        self.reference_free_passes = 0
         self._cond_output: Any = None
 
-    def configure(self, window: tuple[float, float] | None, pipe: Any = None) -> None:
+    def configure(self, window: tuple[float, float] | None, pipe: Any = None, *, image_guidance: float = 1.0) -> None:
         if pipe is not None:
             self._pipe = weakref.ref(pipe)
         self.window = window
+        self.image_guidance = float(image_guidance)
         self.step_index = -1
         self.skipped_passes = 0
+        self.reference_free_passes = 0
         self._cond_output = None
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -134,18 +160,40 @@ class CfgRangeHook(ModelHook):
         start, end = self.window
         return start <= fraction < end
 
+    def _predict(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        forward = self.fn_ref.original_forward
+        output = forward(*args, **kwargs)
+        if self.image_guidance == 1.0:
+            return output
+        named = inspect.signature(forward).bind(*args, **kwargs).arguments
+        hidden, shapes = named.get("hidden_states"), named.get("img_shapes")
+        if hidden is None or not shapes or len(shapes[0]) < 2:
+            return output  # no reference image in this call
+        frames, rows, cols = shapes[0][0]
+        tokens = frames * rows * cols
+        named["hidden_states"] = hidden[:, :tokens]
+        named["img_shapes"] = [sample_shapes[:1] for sample_shapes in shapes]
+        free = forward(**named)
+        self.reference_free_passes += 1
+        with_reference = output[0] if isinstance(output, tuple) else output.sample
+        without = free[0] if isinstance(free, tuple) else free.sample
+        head = with_reference[:, :tokens]
+        guided = torch.cat([head + (self.image_guidance - 1.0) * (head - without[:, :tokens]),
+                            with_reference[:, tokens:]], dim=1)
+        return (guided, *output[1:]) if isinstance(output, tuple) else type(output)(sample=guided)
+
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         name = self._context_name()
         if name == "cond":
             self.step_index += 1
-            output = self.fn_ref.original_forward(*args, **kwargs)
+            output = self._predict(args, kwargs)
             self._cond_output = None if self._guided() else output
             return output
         if name == "uncond" and self._cond_output is not None:
             output, self._cond_output = self._cond_output, None
             self.skipped_passes += 1
             return output
-        return self.fn_ref.original_forward(*args, **kwargs)
+        return self._predict(args, kwargs)
 
 
 def _cfg_window(call: EngineCall) -> tuple[float, float]:
@@ -161,6 +209,17 @@ def _cfg_window(call: EngineCall) -> tuple[float, float]:
     return start, end
 
 
+def _image_guidance(call: EngineCall) -> float:
+    try:
+        scale = float(call.extra.get("image_guidance_scale", 1.0))
+    except (TypeError, ValueError) as exc:
+        raise InputError("image_guidance_scale", "must be a number") from exc
+    low, high = IMAGE_GUIDANCE_RANGE
+    if not low <= scale <= high:
+        raise InputError("image_guidance_scale", f"must be between {low:g} and {high:g}")
+    return scale
+
+
 class _QwenImageEngine(DiffusersEngine):
     family: ClassVar[str] = "qwen-image"
     opens_cache_contexts = True
@@ -168,25 +227,33 @@ class _QwenImageEngine(DiffusersEngine):
     def __init__(self, pipe: Any, **kwargs: Any) -> None:
         super().__init__(pipe, **kwargs)
         registry = HookRegistry.check_if_exists_or_initialize(pipe.transformer)
-        hook = registry.get_hook(CFG_RANGE_HOOK)
+        hook = registry.get_hook(GUIDANCE_HOOK)
         if hook is None:
-            hook = CfgRangeHook(pipe)
-            registry.register_hook(hook, CFG_RANGE_HOOK)
-        self.cfg_hook: CfgRangeHook = hook
+            hook = GuidanceHook(pipe)
+            registry.register_hook(hook, GUIDANCE_HOOK)
+        self.guidance_hook: GuidanceHook = hook
 
     @property
     def size_multiple(self) -> int:
         return self.vae_scale_factor * 2  # 8x VAE, then 2x2 patches
 
+    def image_guidance(self, call: EngineCall) -> float:
+        return 1.0
+
     def guidance_kwargs(self, call: EngineCall) -> dict[str, Any]:
         scale = QWEN_TRUE_CFG if call.guidance_scale is None else float(call.guidance_scale)
         start, end = _cfg_window(call)
+        image_guidance = self.image_guidance(call)
+        if image_guidance != 1.0 and call.acceleration != "none":
+            # Cache hooks would see the reference-free pass as the next step of the same branch.
+            raise InputError("acceleration", "acceleration cannot be combined with image_guidance_scale above 1")
         if scale <= 1.0 or start >= end:
             # No step is guided: leave the negative branch out entirely rather than skipping it
             # step by step (it also saves encoding the negative prompt).
-            self.cfg_hook.configure(None, self.pipe)
+            self.guidance_hook.configure(None, self.pipe, image_guidance=image_guidance)
             return {"true_cfg_scale": 1.0, "negative_prompt": None}
-        self.cfg_hook.configure(None if (start, end) == (0.0, 1.0) else (start, end), self.pipe)
+        window = None if (start, end) == (0.0, 1.0) else (start, end)
+        self.guidance_hook.configure(window, self.pipe, image_guidance=image_guidance)
         return {"true_cfg_scale": scale, "negative_prompt": call.negative_prompt or EMPTY_NEGATIVE_PROMPT}
 
     def common_kwargs(self, call: EngineCall) -> dict[str, Any]:
@@ -202,8 +269,8 @@ class _QwenImageEngine(DiffusersEngine):
         guided = kwargs["negative_prompt"] is not None
         info["classifier_free_guidance"] = guided
         if guided:
-            info["cfg_range"] = list(self.cfg_hook.window or (0.0, 1.0))
-            info["unconditional_passes_skipped"] = self.cfg_hook.skipped_passes
+            info["cfg_range"] = list(self.guidance_hook.window or (0.0, 1.0))
+            info["unconditional_passes_skipped"] = self.guidance_hook.skipped_passes
         return info
 
 
@@ -226,17 +293,21 @@ class QwenImageTextToImage(_QwenImageEngine):
 
 
 class QwenImageEdit(_QwenImageEngine):
-    """``QwenImageImg2ImgPipeline``: instruction editing of one image (boogu-image-edit).
+    """``QwenImageEditPlusPipeline``: instruction editing of one image (boogu-image-edit).
 
-    The input is re-noised to a strength chosen by ``extra["image_guidance_scale"]`` through
-    :data:`IMAGE_GUIDANCE_STRENGTH` (an explicit ``strength`` wins) and denoised towards the prompt
-    with the same true CFG and CFG window as text-to-image. diffusers runs
-    ``num_inference_steps * strength`` of the schedule (at least one step). The output keeps the
-    input's size (capped at 1 MP) unless width and height are given.
+    The instruction is encoded together with the input (at ~384x384 for the vision encoder) and the
+    input's latents (at ~1 MP) join the transformer's sequence; the output is drawn from noise at the
+    requested size, or the input's size capped at 1 MP. True CFG, the CFG window and image guidance
+    (:class:`GuidanceHook`) apply.
     """
 
-    pipeline_class = QwenImageImg2ImgPipeline
-    tasks = frozenset({"edit", "image-to-image"})
+    pipeline_class = QwenImageEditPlusPipeline
+    tasks = frozenset({"edit"})
+
+    @classmethod
+    def load_components(cls, source: str) -> dict[str, Any]:
+        processor = load_vl_processor(source)
+        return {} if processor is None else {"processor": processor}
 
     def output_size(self, call: EngineCall, source: Any) -> tuple[int, int]:
         multiple = self.size_multiple
@@ -248,35 +319,18 @@ class QwenImageEdit(_QwenImageEngine):
             width, height = width * scale, height * scale
         return max(multiple, int(width) // multiple * multiple), max(multiple, int(height) // multiple * multiple)
 
-    def strength(self, call: EngineCall) -> float:
-        if call.strength is not None:
-            strength = float(call.strength)
-            if not 0.0 < strength <= 1.0:
-                raise InputError("strength", "must be in (0, 1]")
-            return strength
-        try:
-            image_guidance = float(call.extra.get("image_guidance_scale", DEFAULT_IMAGE_GUIDANCE))
-        except (TypeError, ValueError) as exc:
-            raise InputError("image_guidance_scale", "must be a number") from exc
-        if not 1.0 <= image_guidance <= 8.0:
-            raise InputError("image_guidance_scale", "must be between 1 and 8")
-        return strength_for_image_guidance(image_guidance)
+    def image_guidance(self, call: EngineCall) -> float:
+        return _image_guidance(call)
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         if len(call.images) != 1:
             raise InputError("image", f"editing takes exactly one input image, got {len(call.images)}")
-        source = call.images[0]
+        source = call.images[0].convert("RGB")
         width, height = self.output_size(call, source)
-        return {
-            **self.common_kwargs(call),
-            "image": fit_image(source, width, height),
-            "strength": self.strength(call),
-            "width": width,
-            "height": height,
-        }
+        return {**self.common_kwargs(call), "image": [source], "width": width, "height": height}
 
     def result_info(self, call: EngineCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         info = super().result_info(call, kwargs)
-        if "image_guidance_scale" in call.extra and call.strength is None:
-            info["image_guidance_scale"] = float(call.extra["image_guidance_scale"])
+        info["image_guidance_scale"] = self.guidance_hook.image_guidance
+        info["reference_free_passes"] = self.guidance_hook.reference_free_passes
         return info
