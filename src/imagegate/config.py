@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     allow_http_webhooks: bool = False  # http:// to loopback, for development
     webhook_timeout_seconds: float = 10.0
     webhook_retry_hours: float = 25.0
+    # Finished deliveries (and their attempt log) are deleted this long after their last attempt;
+    # 0 keeps them forever.
+    webhook_retention_days: float = Field(default=7.0, ge=0)
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)

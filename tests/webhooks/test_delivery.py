@@ -355,3 +355,27 @@ def test_the_official_library_verifies_a_real_delivery(sqlite_store: JobStore, k
     (got,) = receiver.wait_for(1)
     verified = standardwebhooks.Webhook(normalize_secret(kit.key.webhook_secret)).verify(got.body, got.headers)
     assert verified["request_id"] == job.id
+
+
+def test_finished_deliveries_are_purged_after_their_retention(store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    kit = kit_factory(store, webhook_retention_days=2)
+    done, waiting = kit.submit(receiver.url()), kit.submit(receiver.url("/down"))
+    receiver.script = [Reply(200)]
+    kit.run(done)
+    deliverer = kit.deliverer(start=False)
+    assert deliverer.deliver_due_once() == 1
+    delivered = kit.wait_state(done.id, "completed", DELIVERED)
+    kit.run(waiting)  # its event stays pending: nothing ever claims it here
+    assert len(kit.outbox.attempts_for_job(done.id)) == 1
+
+    # Within the retention nothing goes; past it the finished event and its attempts go, and the
+    # pending one stays however old it is.
+    assert deliverer.purge_expired(now=delivered.next_attempt_at + 2 * 86400 - 60) == 0
+    assert deliverer.purge_expired(now=delivered.next_attempt_at + 2 * 86400 + 60) == 1
+    assert kit.outbox.events_for_job(done.id) == [] and kit.outbox.attempts_for_job(done.id) == []
+    assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]
+    assert kit.outbox.pending_count() == 1
+
+    forever = kit_factory(store, webhook_retention_days=0).deliverer(start=False)
+    assert forever.purge_expired(now=time.time() + 10 * 365 * 86400) == 0
+    assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]

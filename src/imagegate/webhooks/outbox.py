@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from imagegate.api import views
@@ -461,6 +461,22 @@ class WebhookOutbox:
             )
             row = conn.execute(select(e).where(e.c.id == row.id)).one()
         return WebhookEvent.from_row(row)
+
+    def purge_finished(self, before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished events whose last attempt ended before ``before``, with
+        their attempts; returns how many events went. Pending events are never touched."""
+        e, a = _events, _attempts
+        with self.engine.begin() as conn:
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(e.c.id).where(e.c.state != PENDING, e.c.next_attempt_at < before).limit(limit)
+                )
+            ]
+            if not ids:
+                return 0
+            conn.execute(delete(a).where(a.c.event_id.in_(ids)))
+            return int(conn.execute(delete(e).where(e.c.id.in_(ids), e.c.state != PENDING)).rowcount)
 
     def pending_count(self) -> int:
         e = _events
