@@ -188,3 +188,30 @@ def test_keys_disable_and_authenticate(store: JobStore) -> None:
     with store.engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT key_hash FROM api_keys").all()
     assert all(plaintext not in r[0] for r in rows)
+
+
+def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
+    """Status polls and key lookups skip the pre-ping round trip; when the server has dropped their
+    pooled connections (a restart), the first read retries on a fresh one instead of failing."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    plaintext, key = store.create_key(balance_micros=100_000)
+    job, _ = store.submit(new_job(key.id))
+    barrier = threading.Barrier(4)
+
+    def poll() -> None:
+        barrier.wait()  # four reads at once: the pool then holds four connections
+        store.get_job(job.id, key.id)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: poll(), range(4)))
+    database = store.engine.url.database
+    with store.engine.connect() as conn:
+        killed = conn.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %(db)s AND pid <> pg_backend_pid()", {"db": database}
+        ).scalar_one()
+    assert killed >= 4
+    for _ in range(6):  # every stale connection of the pool would fail a read without the retry
+        assert store.get_job(job.id, key.id).status is JobStatus.QUEUED
+        assert store.authenticate(plaintext).id == key.id

@@ -158,12 +158,17 @@ class JobStore:
                 url, pool_size=pool_size, max_overflow=pool_size, connect_args={"check_same_thread": False, "timeout": 60}
             )
             self._configure_sqlite(self.engine)
+            # SQLite's connections already run in autocommit (the begin hook opens transactions).
+            self._single_reads = self.engine
         else:
+            # Transactions check their connection before use (pre-ping): a write that meets a
+            # connection the server dropped (a restart) must not fail or, worse, be retried blind.
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-        # SQLite's connections already run in autocommit (the begin hook opens transactions).
-        self._single_reads = (
-            self.engine if self.dialect == "sqlite" else self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+            # Single reads, the hot path of status polls, skip that extra round trip: a SELECT is
+            # safe to repeat, so _read_first retries once on a dropped connection instead.
+            self._single_reads = sa.create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
+            )
 
     @staticmethod
     def _configure_sqlite(engine: Engine) -> None:
@@ -196,6 +201,8 @@ class JobStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._single_reads is not self.engine:
+            self._single_reads.dispose()
 
     def _write(self) -> Any:
         return self.engine.begin()
@@ -222,12 +229,23 @@ class JobStore:
     def _read_first(self, statement: Any, params: dict[str, Any]) -> Any:
         """One SELECT, one row: the hot read path of polls and key lookups. A single statement is
         atomic on its own, so it runs outside a transaction (no BEGIN and ROLLBACK round trips)."""
+        try:
+            return self._single_read(statement, params)
+        except sa.exc.DBAPIError as exc:
+            # A connection the server dropped invalidates the whole pool; the retry connects
+            # afresh. A server that is really down fails the retry too (the API answers 503).
+            if not exc.connection_invalidated:
+                raise
+        return self._single_read(statement, params)
+
+    def _single_read(self, statement: Any, params: dict[str, Any]) -> Any:
         with self._single_reads.connect() as conn:
             conn.info["single_read"] = True
             try:
                 return conn.execute(statement, params).first()
             finally:
-                conn.info["single_read"] = False
+                if not conn.invalidated:  # an invalidated connection has no record left to reset
+                    conn.info["single_read"] = False
 
     def read(self) -> "_ReadCtx":
         """A read transaction for the classes that own other tables on this store's engine."""
