@@ -190,11 +190,10 @@ def test_keys_disable_and_authenticate(store: JobStore) -> None:
     assert all(plaintext not in r[0] for r in rows)
 
 
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
     """Status polls and key lookups skip the pre-ping round trip; when the server has dropped their
     pooled connections (a restart), the first read retries on a fresh one instead of failing."""
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite has no server to drop connections")
     plaintext, key = store.create_key(balance_micros=100_000)
     job, _ = store.submit(new_job(key.id))
     barrier = threading.Barrier(4)
