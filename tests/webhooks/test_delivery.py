@@ -21,7 +21,7 @@ from imagegate.webhooks.deliverer import RetryPolicy
 from imagegate.webhooks.outbox import DELIVERED, DROPPED, FAILED, PENDING
 from imagegate.webhooks.signing import SignatureError, verify
 
-from .conftest import Kit, Receiver, Reply
+from .conftest import OUTPUT, Kit, Receiver, Reply
 
 KitFactory = Callable[..., Kit]
 
@@ -101,6 +101,25 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     assert values == sorted(values) and values[-1] > values[0]
     ids = [r.webhook_id for r in got]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("mode", ["sync", "events"])
+def test_a_reclaimed_job_starts_once(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver, mode: str) -> None:
+    """A worker that vanished mid-job hands it to the next one: the receiver sees one start, then
+    the end, not a second start."""
+    kit = kit_factory(sqlite_store)
+    kit.deliverer()
+    job = kit.submit(receiver.url(), mode)
+    first = kit.store.claim("worker-1", 0.05, model_ids=[job.model_id])
+    assert first is not None and first.id == job.id
+    time.sleep(0.1)
+    assert [j.id for j in kit.store.recover_expired()] == [job.id]
+    again = kit.store.claim("worker-2", 60.0, model_ids=[job.model_id])
+    assert again is not None and again.attempts == 2
+    assert kit.store.finish(job.id, "worker-2", JobStatus.COMPLETED, output=OUTPUT) is not None
+    kit.wait_state(job.id, "completed", DELIVERED)
+    statuses = [r.json["status"] for r in receiver.requests]
+    assert statuses == (["QUEUED", "PROCESSING", "COMPLETED"] if mode == "sync" else ["PROCESSING", "COMPLETED"])
 
 
 def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:

@@ -139,14 +139,14 @@ def event_type_for(job: Job, previous: JobStatus | None) -> str | None:
 def wanted(job: Job, event_type: str) -> bool:
     """Whether the job's webhook mode asks for this event type."""
     mode = job.webhook_mode
+    if event_type == START and job.attempts > 1:
+        # A job re-claimed after its worker vanished does not "start" a second time.
+        return False
     if mode in ("terminal", "batch"):
         return event_type in TERMINAL_TYPES
     if mode == "sync":
         return True
     if mode == "events":
-        if event_type == START and job.attempts > 1:
-            # A job re-claimed after its worker vanished does not "start" a second time.
-            return False
         asked = job.webhook_events or ["*"]
         return any(event_type in FILTER_EVENTS.get(str(name), frozenset()) for name in asked)
     return False
