@@ -194,7 +194,15 @@ def load_pipeline(
     try:
         # diffusers 0.42 renamed ``torch_dtype`` to ``dtype`` (same meaning; the old name warns).
         built = component_loader(source) if component_loader is not None else {}
-        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, **built, **from_pretrained_kwargs)
+        # A component passed in (shared with another engine) wins over the freshly built one.
+        # Either joins after loading: diffusers checks a passed component against the class the
+        # checkpoint names, which may be one that cannot be imported here (the reason to build a
+        # stand-in). Passing None skips loading it.
+        attach = {name: from_pretrained_kwargs.pop(name, part) for name, part in built.items()}
+        skipped = dict.fromkeys(attach)
+        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, **skipped, **from_pretrained_kwargs)
+        if attach:
+            pipe.register_modules(**attach)
     except OSError as exc:
         # huggingface_hub's LocalEntryNotFoundError, RepositoryNotFoundError, GatedRepoError,
         # RevisionNotFoundError and OfflineModeIsEnabled are all OSErrors, and so is diffusers'

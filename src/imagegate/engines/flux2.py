@@ -21,6 +21,7 @@ from PIL import Image
 
 from imagegate.engines.base import EngineCall, EngineResult, StepCallback
 from imagegate.engines.diffusers_base import DiffusersEngine, round_to_multiple
+from imagegate.engines.processors import pixtral_tokenizer
 from imagegate.exceptions import InputError
 
 # Black Forest Labs' reference settings for FLUX.2 [dev].
@@ -191,14 +192,22 @@ class _Flux2Engine(DiffusersEngine):
 # --------------------------------------------------------------------------- FLUX.2 [dev]
 
 
-class Flux2TextToImage(_Flux2Engine):
+class _Flux2DevEngine(_Flux2Engine):
+    pipeline_class = Flux2Pipeline
+
+    @classmethod
+    def load_components(cls, source: str) -> dict[str, Any]:
+        # The checkpoint's tokenizer is a Pixtral processor (see imagegate.engines.processors).
+        return pixtral_tokenizer(source)
+
+
+class Flux2TextToImage(_Flux2DevEngine):
     """``Flux2Pipeline`` without references: FLUX.2 [dev] text-to-image."""
 
-    pipeline_class = Flux2Pipeline
     tasks = frozenset({"text-to-image"})
 
 
-class Flux2Edit(_Flux2Engine):
+class Flux2Edit(_Flux2DevEngine):
     """``Flux2Pipeline`` with ``image=[...]``: FLUX.2 [dev] editing from 1–10 reference images.
 
     The first image is the one being edited; the others are references the prompt can refer to.
@@ -207,7 +216,6 @@ class Flux2Edit(_Flux2Engine):
     as a noised starting point, so there is no ``strength``; it is ignored for ``image-to-image``.
     """
 
-    pipeline_class = Flux2Pipeline
     tasks = frozenset({"edit", "image-to-image"})
     min_references = 1
     max_references = DEV_MAX_REFERENCES

@@ -37,6 +37,7 @@ from imagegate.engines.diffusers_base import (
     release_memory,
 )
 from imagegate.engines.flux2 import DEV_GUIDANCE, DEV_STEPS, MAX_SEQUENCE_LENGTH
+from imagegate.engines.processors import pixtral_tokenizer
 from imagegate.exceptions import EngineError, InputError, JobCanceledError
 
 DEFAULT_STEPS = 1000
@@ -120,6 +121,10 @@ class Flux2LoraTrainer(DiffusersEngine):
     qkv_fusion = False
     allows_fp8 = False
     allows_compile = False
+
+    @classmethod
+    def load_components(cls, source: str) -> dict[str, Any]:
+        return pixtral_tokenizer(source)
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         raise InputError("task", "the LoRA trainer does not generate images")

@@ -19,15 +19,12 @@ second path: every prediction is pushed ``scale - 1`` times its distance away fr
 prediction made without the reference latents. 1 is the plain pipeline. :class:`GuidanceHook`
 implements both controls.
 
-The edit pipeline's processor (``Qwen2VLProcessor``) also owns a video processor that cannot be
-built without torchvision. Where torchvision is missing the engine passes
-:class:`ImageOnlyQwen2VLProcessor`, the same processor without the video half, which the edit
-pipeline never uses.
+Where torchvision is missing, the edit checkpoint's processor is built without its video half
+(:mod:`imagegate.engines.processors`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import weakref
 from typing import Any, ClassVar
@@ -36,11 +33,10 @@ import torch
 from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
-from transformers import Qwen2VLProcessor
-from transformers.processing_utils import ProcessorMixin
 
 from imagegate.engines.base import EngineCall
 from imagegate.engines.diffusers_base import DiffusersEngine, round_to_multiple
+from imagegate.engines.processors import qwen2vl_processor
 from imagegate.exceptions import InputError
 
 # Qwen's reference settings.
@@ -51,37 +47,6 @@ MAX_EDIT_AREA = 1024 * 1024  # edits keep the input's size, capped like the gene
 IMAGE_GUIDANCE_RANGE = (1.0, 8.0)
 
 GUIDANCE_HOOK = "imagegate_guidance"
-
-
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` with its image processor and tokenizer only.
-
-    transformers derives a processor's parts from its ``__init__`` signature, so leaving
-    ``video_processor`` out of it is what keeps the video half (torchvision-only) from being built.
-    Text and images are processed by the parent's code unchanged.
-    """
-
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
-                 **kwargs: Any) -> None:
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-
-def load_vl_processor(source: str) -> ImageOnlyQwen2VLProcessor | None:
-    """The edit checkpoint's processor without its video half, where torchvision is missing;
-    ``None`` where the checkpoint's own ``Qwen2VLProcessor`` loads."""
-    if importlib.util.find_spec("torchvision") is not None:
-        return None
-    from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return ImageOnlyQwen2VLProcessor(
-        Qwen2VLImageProcessorPil.from_pretrained(source, subfolder="processor"),
-        AutoTokenizer.from_pretrained(source, subfolder="processor"),
-    )
 
 
 class _NoState(BaseState):
@@ -306,8 +271,7 @@ class QwenImageEdit(_QwenImageEngine):
 
     @classmethod
     def load_components(cls, source: str) -> dict[str, Any]:
-        processor = load_vl_processor(source)
-        return {} if processor is None else {"processor": processor}
+        return qwen2vl_processor(source)
 
     def output_size(self, call: EngineCall, source: Any) -> tuple[int, int]:
         multiple = self.size_multiple
