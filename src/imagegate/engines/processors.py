@@ -18,6 +18,7 @@ the checkpoints' own classes load.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def pixtral_tokenizer(source: str) -> dict[str, Any]:
 
     _require_folder(source, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
-    if not tokenizer.chat_template:
+    template = tokenizer.chat_template or _legacy_chat_template(source, "tokenizer")
+    if not template:
         raise OSError(f"{source}: tokenizer/ has no chat template (chat_template.jinja)")
-    return {"tokenizer": TextOnlyProcessor(tokenizer, chat_template=tokenizer.chat_template)}
+    return {"tokenizer": TextOnlyProcessor(tokenizer, chat_template=template)}
+
+
+def _legacy_chat_template(source: str, subfolder: str) -> str | None:
+    """Processors saved before chat_template.jinja kept the template in chat_template.json."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "chat_template.json", subfolder=subfolder,
+                       _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        return None
+    return json.loads(Path(path).read_text()).get("chat_template")
