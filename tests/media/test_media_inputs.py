@@ -12,7 +12,7 @@ import pytest
 
 from imagegate.config import Settings
 from imagegate.exceptions import InputError, ValidationError
-from imagegate.media.inputs import InputFetcher, check_url, guarded_client, resolve_public_address
+from imagegate.media.inputs import InputFetcher, check_url, guarded_client, resolve_public_addresses
 
 from .support import BLUE, GREEN, RED, YELLOW, LoopbackServer, TlsMaterial, bilevel_png, unused_port
 
@@ -249,22 +249,23 @@ def test_metadata_address_message_names_it(strict: InputFetcher) -> None:
     ],
 )
 def test_public_literals_pass_the_guard(host: str, expected: str) -> None:
-    assert resolve_public_address(host, 443, allow_private=False) == expected
+    assert resolve_public_addresses(host, 443, allow_private=False) == [expected]
 
 
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", "::1", "169.254.169.254", "10.1.1.1", "::ffff:10.0.0.1", "100.100.100.200"]
 )
-def test_resolve_public_address_refuses_internal(host: str) -> None:
+def test_resolve_public_addresses_refuses_internal(host: str) -> None:
     with pytest.raises(InputError) as info:
-        resolve_public_address(host, 80, allow_private=False)
+        resolve_public_addresses(host, 80, allow_private=False)
     assert info.value.field == "url"
-    assert ipaddress.ip_address(resolve_public_address(host, 80, allow_private=True)) == ipaddress.ip_address(host)
+    (address,) = resolve_public_addresses(host, 80, allow_private=True)
+    assert ipaddress.ip_address(address) == ipaddress.ip_address(host)
 
 
-def test_resolve_public_address_unresolvable_host() -> None:
+def test_resolve_public_addresses_unresolvable_host() -> None:
     with pytest.raises(InputError, match=r"could not resolve host no-such-host\.invalid"):
-        resolve_public_address("no-such-host.invalid", 80, allow_private=False)
+        resolve_public_addresses("no-such-host.invalid", 80, allow_private=False)
 
 
 class FakeDns:

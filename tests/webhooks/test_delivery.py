@@ -244,6 +244,33 @@ def test_410_stops_every_delivery_for_the_request(store: JobStore, kit_factory: 
         assert events[0].last_status_code == 410 and "410" in (events[-1].last_error or "")
 
 
+def test_every_resolved_address_is_tried_in_turn(
+    sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with several addresses: the first that accepts the connection gets the delivery.
+    127.0.0.2 has nothing listening on the receiver's port (the receiver binds 127.0.0.1 only)."""
+    real = socket.getaddrinfo
+    answers = {"localhost": ["127.0.0.2", "127.0.0.1"], "nowhere.localhost": ["127.0.0.2", "127.0.0.3"]}
+
+    def resolver(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    kit = kit_factory(sqlite_store)
+    reached = kit.submit(f"http://localhost:{receiver.port}/multi")
+    unreachable = kit.submit(f"https://nowhere.localhost:{receiver.port}/none")
+    kit.run(reached)
+    kit.run(unreachable)
+    deliverer = kit.deliverer(start=False)
+    assert deliverer.deliver_due_once() == 2
+    assert len(receiver.wait_for(1, path="/multi")) == 1
+    assert [a.status_code for a in kit.outbox.attempts_for_job(reached.id)] == [200]
+    (failed,) = kit.outbox.attempts_for_job(unreachable.id)
+    assert failed.status_code is None and "connection refused" in (failed.error or "").lower(), failed.error
+
+
 def test_private_addresses_are_refused_at_delivery_time(sqlite_store: JobStore, kit_factory: KitFactory) -> None:
     kit = kit_factory(sqlite_store, allow_http_webhooks=False)
     listener = socket.socket()

@@ -163,24 +163,24 @@ def _parse_networks(networks: Iterable[str]) -> tuple[_Network, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def resolve_public_address(
+def resolve_public_addresses(
     host: str,
     port: int,
     *,
     allow_private: bool,
     timeout: float | None = 10.0,
     allow_networks: Iterable[str] = (),
-) -> str:
-    """Resolve ``host`` and return an address that is safe to connect to.
+) -> list[str]:
+    """Resolve ``host`` and return its addresses, in resolver order, all safe to connect to.
 
     Raises ``InputError(field="url")`` when the host does not resolve or any of its addresses
     is loopback, private, link-local, multicast, reserved or otherwise not public (unless
-    ``allow_private``). Connect to the returned address, not to the name, or a second lookup
+    ``allow_private``). Connect to a returned address, not to the name, or a second lookup
     may answer differently.
     """
     guard = _AddressGuard(allow_private, _parse_networks(allow_networks))
     try:
-        return guard.resolve(host, port, timeout)[0]
+        return guard.resolve(host, port, timeout)
     except _GuardError as exc:
         raise InputError("url", exc.message) from exc
 

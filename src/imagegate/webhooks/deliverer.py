@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import httpcore
 import httpx
@@ -126,10 +126,11 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class _PinnedBackend(httpcore.NetworkBackend):
-    """Dials the address that was checked, whatever host name the URL carries."""
+    """Dials the addresses that were checked, whatever host name the URL carries: each in turn
+    until one connects, each with an equal share of the time left."""
 
-    def __init__(self, address: str, deadline: float) -> None:
-        self._address = address
+    def __init__(self, addresses: Sequence[str], deadline: float) -> None:
+        self._addresses = list(addresses)
         self._deadline = deadline
         self._inner = httpcore.SyncBackend()
 
@@ -141,17 +142,25 @@ class _PinnedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise httpcore.ConnectTimeout("the webhook timeout has passed")
-        stream = self._inner.connect_tcp(
-            self._address,
-            port,
-            timeout=left if timeout is None else min(timeout, left),
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-        return _DeadlineStream(stream, self._deadline)
+        failure: Exception = httpcore.ConnectError("no address to connect to")
+        for index, address in enumerate(self._addresses):
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ConnectTimeout("the webhook timeout has passed")
+            share = left / (len(self._addresses) - index)
+            try:
+                stream = self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=share if timeout is None else min(timeout, share),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _DeadlineStream(stream, self._deadline)
+        raise failure
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -353,19 +362,19 @@ class Deliverer:
                 return result(FAILED, note="gave up: the retry window has ended")
         return result(PENDING, next_at)
 
-    def _pin(self, host: str, port: int) -> str:
-        """The checked address to connect to; loopback only in development mode."""
-        from imagegate.media.inputs import resolve_public_address
+    def _pin(self, host: str, port: int) -> list[str]:
+        """The checked addresses to connect to; loopback only in development mode."""
+        from imagegate.media.inputs import resolve_public_addresses
 
         try:
-            return resolve_public_address(host, port, allow_private=False)
+            return resolve_public_addresses(host, port, allow_private=False)
         except InputError:
             if not self.settings.allow_http_webhooks:
                 raise
-            address = resolve_public_address(host, port, allow_private=True)
-            if not _is_loopback(address):
+            addresses = resolve_public_addresses(host, port, allow_private=True)
+            if not all(_is_loopback(address) for address in addresses):
                 raise
-            return address
+            return addresses
 
     def _post(self, event: WebhookEvent) -> _Response:
         try:
@@ -380,8 +389,8 @@ class Deliverer:
         wire_host = url.raw_host  # IDNA-encoded, IPv6 without brackets
         host = wire_host.decode("ascii")
         port = url.port or DEFAULT_PORTS[scheme]
-        address = self._pin(host, port)
-        if scheme == "http" and not _is_loopback(address):
+        addresses = self._pin(host, port)
+        if scheme == "http" and not all(_is_loopback(address) for address in addresses):
             raise DeliveryRefused("target refused: plain http:// is only sent to loopback addresses")
         try:
             secret = self.outbox.secret_for(event.key_id)
@@ -409,7 +418,7 @@ class Deliverer:
         core_url = httpcore.URL(scheme=scheme.encode(), host=wire_host, port=port, target=url.raw_path or b"/")
         extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
         with httpcore.ConnectionPool(
-            ssl_context=self._ssl_context, network_backend=_PinnedBackend(address, deadline), retries=0, max_connections=1
+            ssl_context=self._ssl_context, network_backend=_PinnedBackend(addresses, deadline), retries=0, max_connections=1
         ) as pool:
             with pool.stream("POST", core_url, headers=headers, content=body, extensions=extensions) as response:
                 received = bytearray()
