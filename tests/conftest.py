@@ -9,10 +9,13 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from imagegate.jobs.store import JobStore
 
 from harness import (
     POSTGRES_ADMIN_URL,
@@ -118,3 +121,36 @@ def flux1_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "fill": build_flux1_fill(root),
         "kontext": build_flux1_kontext(root),
     }
+
+
+# -- job stores -------------------------------------------------------------------------------------
+
+
+def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> "JobStore":
+    """A migrated store: a SQLite file, or the session's PostgreSQL database emptied first."""
+    from imagegate.jobs.store import JobStore
+
+    if kind == "sqlite":
+        store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    else:
+        store = JobStore(request.getfixturevalue("postgres_url"))
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    store.migrate()
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator["JobStore"]:
+    """The same tests against the embedded SQLite default and a real PostgreSQL server."""
+    s = open_store(request.param, tmp_path, request)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture()
+def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator["JobStore"]:
+    s = open_store("sqlite", tmp_path, request)
+    yield s
+    s.dispose()

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # Finished deliveries (and their attempt log) are deleted this long after their last attempt;
     # 0 keeps them forever.
     webhook_retention_days: float = Field(default=7.0, ge=0)
+    # Output media of completed jobs are deleted this long after completion (their URLs then answer
+    # 404); 0 keeps them until the operator deletes them.
+    media_retention_days: float = Field(default=0.0, ge=0)
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)

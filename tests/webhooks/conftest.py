@@ -128,35 +128,6 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-# -- stores ---------------------------------------------------------------------------------------
-
-
-def _open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> JobStore:
-    if kind == "sqlite":
-        store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
-    else:
-        store = JobStore(request.getfixturevalue("postgres_url"))
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    store.migrate()
-    return store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    s = _open_store(request.param, tmp_path, request)
-    yield s
-    s.dispose()
-
-
-@pytest.fixture()
-def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    s = _open_store("sqlite", tmp_path, request)
-    yield s
-    s.dispose()
-
-
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data",

@@ -77,6 +77,8 @@ jobs = Table(
     Column("updated_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("completed_at", Float, nullable=True),
+    # When the retention sweep deleted the job's output media (media_retention_days).
+    Column("media_deleted_at", Float, nullable=True),
     Index("ix_jobs_claim", "status", "created_at"),
     Index("ix_jobs_key", "key_id", "created_at"),
     Index("ix_jobs_idempotency", "key_id", "idempotency_key", unique=True),

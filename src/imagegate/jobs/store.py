@@ -636,6 +636,31 @@ class JobStore:
             job = Job.from_row(conn.execute(select(t).where(t.c.id == job_id)).one())
         return job
 
+    def jobs_with_expired_media(self, completed_before: float, limit: int = 200) -> list[tuple[str, list[str]]]:
+        """``(job id, media keys)`` of completed jobs finished before ``completed_before`` whose
+        media the retention sweep has not deleted yet, oldest first."""
+        t = schema.jobs
+        with self.read() as conn:
+            rows = conn.execute(
+                select(t.c.id, t.c.output)
+                .where(
+                    t.c.status == JobStatus.COMPLETED.value,
+                    t.c.completed_at < completed_before,
+                    t.c.media_deleted_at.is_(None),
+                )
+                .order_by(t.c.completed_at)
+                .limit(limit)
+            ).all()
+        return [(row.id, [item["key"] for item in (row.output or {}).get("media", [])]) for row in rows]
+
+    def mark_media_deleted(self, job_ids: Iterable[str], now: float | None = None) -> None:
+        t = schema.jobs
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(update(t).where(t.c.id.in_(ids)).values(media_deleted_at=time.time() if now is None else now))
+
     def recover_expired(self) -> list[Job]:
         """Requeue running jobs whose worker vanished (lease expired); past max_attempts, ERROR."""
         t = schema.jobs
