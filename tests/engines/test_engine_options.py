@@ -7,7 +7,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
@@ -20,15 +19,9 @@ from imagegate.engines.flux1 import Flux1TextToImage
 from imagegate.engines.manager import ModelManager
 from imagegate.exceptions import EngineError, InputError
 
+from .support import mean_abs, noop, pixels
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +42,6 @@ def t2i(**overrides) -> EngineCall:
     values = dict(task="text-to-image", prompt="a photo of a red cat", width=64, height=64, num_inference_steps=2, seed=3)
     values.update(overrides)
     return EngineCall(**values)
-
-
-def noop(step: int, total: int) -> None:
-    pass
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def mean_abs(a: Image.Image, b: Image.Image) -> float:
-    return float(np.abs(pixels(a) - pixels(b)).mean())
 
 
 def make_lora(checkpoint: Path, out_dir: Path) -> Path:

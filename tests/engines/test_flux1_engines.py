@@ -13,40 +13,15 @@ from imagegate.engines.base import EngineCall, LoraSpec
 from imagegate.engines.flux1 import Flux1Fill, Flux1ImageToImage, Flux1Kontext, Flux1TextToImage
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
 
+from .support import gradient, mean_abs, pixels, Steps
+
 PROMPT = "a photo of a red cat"
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def mean_abs(a: Image.Image, b: Image.Image) -> float:
-    return float(np.abs(pixels(a) - pixels(b)).mean())
-
-
-class Steps:
-    def __init__(self, cancel_at: int | None = None) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self.cancel_at = cancel_at
-
-    def __call__(self, step: int, total: int) -> None:
-        self.seen.append((step, total))
-        if self.cancel_at is not None and step >= self.cancel_at:
-            raise JobCanceledError("canceled by client")
 
 
 def t2i(**overrides) -> EngineCall:
     values = dict(task="text-to-image", prompt=PROMPT, width=64, height=64, num_inference_steps=2, seed=7)
     values.update(overrides)
     return EngineCall(**values)
-
-
-def gradient_image(width: int, height: int) -> Image.Image:
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
-    y = np.linspace(255, 0, height, dtype=np.float32)[:, None, None]
-    rgb = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
-                          np.full((height, width, 1), 90, np.float32)], axis=2)
-    return Image.fromarray(rgb.astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +259,7 @@ def test_lora_that_does_not_exist_is_an_input_error(t2i_engine, tmp_path):
 
 def test_image_to_image_resizes_and_strength_matters(flux1_dirs):
     engine = Flux1ImageToImage.load(str(flux1_dirs["t2i"]), device="cpu", dtype="auto", model_id="tiny-flux1")
-    source = gradient_image(100, 80)
+    source = gradient(100, 80)
     call = dict(task="image-to-image", prompt=PROMPT, images=[source], width=64, height=64,
                 num_inference_steps=4, seed=5)
     steps = Steps()
@@ -306,7 +281,7 @@ def test_image_to_image_resizes_and_strength_matters(flux1_dirs):
 
 def test_fill_repaints_only_the_mask(flux1_dirs):
     engine = Flux1Fill.load(str(flux1_dirs["fill"]), device="cpu", dtype="auto", model_id="tiny-flux1-fill")
-    source = gradient_image(64, 64)
+    source = gradient(64, 64)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))  # white = fill
     call = dict(task="inpaint", prompt=PROMPT, images=[source], mask=mask, width=64, height=64,
@@ -333,7 +308,7 @@ def test_fill_repaints_only_the_mask(flux1_dirs):
 
 def test_kontext_edit_keeps_input_size_and_honours_small_sizes(flux1_dirs):
     engine = Flux1Kontext.load(str(flux1_dirs["kontext"]), device="cpu", dtype="auto", model_id="tiny-flux1-kontext")
-    source = gradient_image(72, 56)
+    source = gradient(72, 56)
     call = dict(task="edit", prompt="make it blue", images=[source], num_inference_steps=2, seed=3)
     edited = engine(EngineCall(**call), Steps())
     assert edited.images[0].size == (64, 48)  # the input's size, down to multiples of 16

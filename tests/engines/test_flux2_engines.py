@@ -15,17 +15,9 @@ from imagegate.engines.base import EngineCall, LoraSpec
 from imagegate.engines.registry import resolve_factory
 from imagegate.exceptions import InputError, JobCanceledError, WeightsNotFoundError
 
+from .support import gradient, mean_abs, pixels, solid, Steps
+
 PROMPT = "a photo of a red cat"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core box: OpenMP spin-waiting between two threads costs 10x more
-    # than the work itself.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -69,25 +61,6 @@ def klein_edit(dirs):
     return load("flux2-klein.edit", dirs["klein"])
 
 
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def mean_abs(a: Image.Image, b: Image.Image) -> float:
-    return float(np.abs(pixels(a) - pixels(b)).mean())
-
-
-class Steps:
-    def __init__(self, cancel_at: int | None = None) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self.cancel_at = cancel_at
-
-    def __call__(self, step: int, total: int) -> None:
-        self.seen.append((step, total))
-        if self.cancel_at is not None and step >= self.cancel_at:
-            raise JobCanceledError("canceled by client")
-
-
 def call(**overrides) -> EngineCall:
     values = dict(task="text-to-image", prompt=PROMPT, width=64, height=64, num_inference_steps=2, seed=5)
     values.update(overrides)
@@ -96,17 +69,6 @@ def call(**overrides) -> EngineCall:
 
 def edit_call(images, **overrides) -> EngineCall:
     return call(task="edit", images=list(images), **overrides)
-
-
-def gradient(width: int = 64, height: int = 64, blue: int = 90) -> Image.Image:
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
-    y = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(width, 1)
-    rgb = np.stack([x, y, np.full_like(x, blue)], axis=2)
-    return Image.fromarray(rgb.astype(np.uint8))
-
-
-def solid(color, size=(64, 64)) -> Image.Image:
-    return Image.new("RGB", size, color)
 
 
 def make_lora(checkpoint: Path, out_dir: Path) -> Path:

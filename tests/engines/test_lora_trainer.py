@@ -17,17 +17,11 @@ from imagegate.engines.lora_trainer import LORA_CONTENT_TYPE, LORA_FILENAME, Flu
 from imagegate.engines.registry import resolve_factory
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
 
+from .support import Steps
+
 TRIGGER = "TOK"
 STEPS = 20
 LEARNING_RATE = 3e-2  # a tiny random model: large steps show learning within 20 of them
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +41,6 @@ def trained(trainer):
     steps = Steps()
     result = trainer(train_call(), steps)
     return result, steps
-
-
-class Steps:
-    def __init__(self, cancel_at: int | None = None) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self.cancel_at = cancel_at
-
-    def __call__(self, step: int, total: int) -> None:
-        self.seen.append((step, total))
-        if self.cancel_at is not None and step >= self.cancel_at:
-            raise JobCanceledError("canceled by client")
 
 
 def subject(width: int = 64, height: int = 64) -> Image.Image:

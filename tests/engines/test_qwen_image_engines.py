@@ -5,26 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imagegate.engines import qwen_image as qi
 from imagegate.engines.base import EngineCall
 from imagegate.engines.registry import resolve_factory
 from imagegate.exceptions import InputError, JobCanceledError, WeightsNotFoundError
 
+from .support import gradient, mean_abs, same, Steps
+
 PROMPT = "a photo of a red cat"
 PROMPT_ZH = "一只红色的猫的照片"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +45,6 @@ def edit(edit_checkpoint):
     return factory(str(edit_checkpoint), device="cpu", dtype="auto", model_id="boogu-image-edit")
 
 
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def mean_abs(a: Image.Image, b: Image.Image | np.ndarray) -> float:
-    other = b if isinstance(b, np.ndarray) else pixels(b)
-    return float(np.abs(pixels(a) - other).mean())
-
-
-def same(a: Image.Image, b: Image.Image) -> bool:
-    return np.array_equal(pixels(a), pixels(b))
-
-
-class Steps:
-    def __init__(self, cancel_at: int | None = None) -> None:
-        self.seen: list[tuple[int, int]] = []
-        self.cancel_at = cancel_at
-
-    def __call__(self, step: int, total: int) -> None:
-        self.seen.append((step, total))
-        if self.cancel_at is not None and step >= self.cancel_at:
-            raise JobCanceledError("canceled by client")
-
-
 def call(**overrides) -> EngineCall:
     values = dict(task="text-to-image", prompt=PROMPT, width=64, height=64, num_inference_steps=4, seed=3,
                   guidance_scale=4.0, negative_prompt="blurry, low quality")
@@ -86,12 +54,6 @@ def call(**overrides) -> EngineCall:
 
 def window(start: float, end: float, **overrides) -> EngineCall:
     return call(extra={"cfg_range_start": start, "cfg_range_end": end}, **overrides)
-
-
-def gradient(width: int = 64, height: int = 64) -> Image.Image:
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
-    y = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(width, 1)
-    return Image.fromarray(np.stack([x, y, np.full_like(x, 90)], axis=2).astype(np.uint8))
 
 
 def count_block_calls(engine, monkeypatch) -> list[int]:
