@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from imagegate.api.app import create_app
     from imagegate.jobs.supervisor import WorkerSupervisor
-    from imagegate.media.retention import start_retention_thread
+    from imagegate.housekeeping import start_housekeeping_thread
     from imagegate.webhooks.deliverer import start_deliverer_thread
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if supervisor:
         supervisor.start()
     thread, stop_deliverer = start_deliverer_thread(store, settings)
-    _retention, stop_retention = start_retention_thread(store, settings)
+    housekeeping, stop_housekeeping = start_housekeeping_thread(store, settings)
     # uvicorn handles SIGTERM itself (it drains HTTP), then raises the signal again against the
     # handler that was installed before it. With the default handler that kills the process on
     # the spot and the steps below never run: the workers were orphaned instead of being given
@@ -79,10 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("imagegate").info("SIGTERM: stopping the workers (grace %gs)", settings.shutdown_grace_seconds)
     finally:
         stop_deliverer.set()
-        stop_retention.set()
+        stop_housekeeping.set()
         if supervisor:
             supervisor.stop()
         thread.join(5)
+        housekeeping.join(5)
         store.dispose()
     return 0
 

@@ -13,7 +13,8 @@ from imagegate.exceptions import StorageError
 from imagegate.jobs import schema
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
-from imagegate.media.retention import purge_expired_media, start_retention_thread
+from imagegate.housekeeping import start_housekeeping_thread
+from imagegate.media.retention import purge_expired_media
 from imagegate.media.storage import LocalStorage
 
 DAY = 86400.0
@@ -80,7 +81,7 @@ def test_serve_sweeps_in_the_background(sqlite_store: JobStore, tmp_path: Path) 
     job_id, keys = complete(sqlite_store, storage, key.id, "d")
     with sqlite_store.engine.begin() as conn:  # completed two days ago
         conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(completed_at=time.time() - 2 * DAY))
-    thread, stop = start_retention_thread(sqlite_store, settings)
+    thread, stop = start_housekeeping_thread(sqlite_store, settings)
     try:
         deadline = time.monotonic() + 10
         while any(storage.exists(k) for k in keys):
@@ -90,9 +91,6 @@ def test_serve_sweeps_in_the_background(sqlite_store: JobStore, tmp_path: Path) 
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
-    unset, stop_unset = start_retention_thread(sqlite_store, Settings(data_dir=tmp_path / "data"))
-    assert not unset.is_alive()  # retention off: no thread runs
-    stop_unset.set()
 
 
 @pytest.mark.parametrize("days", [-1])

@@ -15,8 +15,10 @@ from typing import Callable
 import pytest
 
 import imagegate
+from imagegate.housekeeping import sweep
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore
+from imagegate.media.storage import open_storage
 from imagegate.webhooks.deliverer import RetryPolicy
 from imagegate.webhooks.outbox import DELIVERED, DROPPED, FAILED, PENDING
 from imagegate.webhooks.signing import SignatureError, verify
@@ -415,13 +417,15 @@ def test_finished_deliveries_are_purged_after_their_retention(store: JobStore, k
     assert len(kit.outbox.attempts_for_job(done.id)) == 1
 
     # Within the retention nothing goes; past it the finished event and its attempts go, and the
-    # pending one stays however old it is.
-    assert deliverer.purge_expired(now=delivered.next_attempt_at + 2 * 86400 - 60) == 0
-    assert deliverer.purge_expired(now=delivered.next_attempt_at + 2 * 86400 + 60) == 1
+    # pending one stays however old it is. The sweep is the one `imagegate serve` runs hourly.
+    storage = open_storage(kit.settings.resolved_storage_url)
+    early = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 - 60)
+    assert early["webhook deliveries"] == 0
+    late = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 + 60)
+    assert late == {"webhook deliveries": 1, "jobs' media": 0}  # media retention is off by default
     assert kit.outbox.events_for_job(done.id) == [] and kit.outbox.attempts_for_job(done.id) == []
     assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]
     assert kit.outbox.pending_count() == 1
 
-    forever = kit_factory(store, webhook_retention_days=0).deliverer(start=False)
-    assert forever.purge_expired(now=time.time() + 10 * 365 * 86400) == 0
+    assert kit.outbox.purge_expired(0, now=time.time() + 10 * 365 * 86400) == 0  # 0 keeps them
     assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]

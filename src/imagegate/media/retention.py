@@ -2,23 +2,19 @@
 the job completed (0, the default, keeps them). The job keeps its record and output description;
 its media URLs answer 404 from then on, like a hosted API's expired result URLs.
 
-``imagegate serve`` runs :func:`purge_expired_media` hourly in a background thread.
+``imagegate serve`` runs :func:`purge_expired_media` hourly (:mod:`imagegate.housekeeping`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-from imagegate.config import Settings
 from imagegate.exceptions import StorageError
 from imagegate.jobs.store import JobStore
-from imagegate.media.storage import Storage, open_storage
+from imagegate.media.storage import Storage
 
 log = logging.getLogger("imagegate.retention")
-
-SWEEP_INTERVAL_SECONDS = 3600.0
 
 
 def purge_expired_media(store: JobStore, storage: Storage, retention_days: float, now: float | None = None) -> int:
@@ -46,25 +42,3 @@ def purge_expired_media(store: JobStore, storage: Storage, retention_days: float
         if len(done) < len(batch):
             break  # the rest failed: try again at the next sweep rather than spin on them
     return purged
-
-
-def start_retention_thread(store: JobStore, settings: Settings) -> tuple[threading.Thread, threading.Event]:
-    """A daemon thread sweeping every hour while ``media_retention_days`` > 0."""
-    stop = threading.Event()
-    storage = open_storage(settings.resolved_storage_url)
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                count = purge_expired_media(store, storage, settings.media_retention_days)
-                if count:
-                    log.info("deleted the media of %d jobs past their retention", count)
-            except Exception:
-                # Housekeeping: a failed sweep (the database restarting) waits for the next one.
-                log.exception("media retention sweep failed")
-            stop.wait(SWEEP_INTERVAL_SECONDS)
-
-    thread = threading.Thread(target=run, name="imagegate-retention", daemon=True)
-    if settings.media_retention_days > 0:
-        thread.start()
-    return thread, stop

@@ -51,7 +51,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DB_ERROR_PAUSE_SECONDS = 2.0
-PURGE_INTERVAL_SECONDS = 3600.0  # how often finished deliveries past their retention are deleted
 
 
 @dataclass(frozen=True)
@@ -222,30 +221,11 @@ class Deliverer:
         wait([self._pool.submit(self.deliver, event) for event in events])
         return len(events)
 
-    def purge_expired(self, now: float | None = None) -> int:
-        """Delete finished deliveries older than ``webhook_retention_days``; returns how many."""
-        days = self.settings.webhook_retention_days
-        if days <= 0:
-            return 0
-        before = (time.time() if now is None else now) - days * 86400.0
-        purged = 0
-        while (batch := self.outbox.purge_finished(before)) > 0:
-            purged += batch
-        return purged
-
     def run_forever(self, stop_event: threading.Event) -> None:
         in_flight: set[Future[None]] = set()
         wake = threading.Event()
-        next_purge = time.monotonic()
         try:
             while not stop_event.is_set():
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
-                    try:
-                        self.purge_expired()
-                    except Exception:
-                        # Retention is housekeeping: a failed sweep waits for the next one.
-                        log.exception("could not purge old webhook deliveries")
                 in_flight = {f for f in in_flight if not f.done()}
                 free = self.concurrency - len(in_flight)
                 claimed: list[WebhookEvent] = []

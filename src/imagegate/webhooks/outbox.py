@@ -462,7 +462,18 @@ class WebhookOutbox:
             row = conn.execute(select(e).where(e.c.id == row.id)).one()
         return WebhookEvent.from_row(row)
 
-    def purge_finished(self, before: float, limit: int = 1000) -> int:
+    def purge_expired(self, retention_days: float, now: float | None = None) -> int:
+        """Delete the finished events whose last attempt ended more than ``retention_days`` ago,
+        with their attempts (0 keeps them); returns how many events went."""
+        if retention_days <= 0:
+            return 0
+        before = (time.time() if now is None else now) - retention_days * 86400.0
+        purged = 0
+        while (batch := self._purge_finished(before)) > 0:
+            purged += batch
+        return purged
+
+    def _purge_finished(self, before: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished events whose last attempt ended before ``before``, with
         their attempts; returns how many events went. Pending events are never touched."""
         e, a = _events, _attempts
