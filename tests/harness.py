@@ -92,12 +92,13 @@ class RunningServer:
     env: dict[str, str]
     proc: subprocess.Popen[bytes]
     log_path: Path
+    cwd: Path | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "imagegate.cli", *args]
         if self.config is not None and args[0] in ("keys", "models", "worker"):
             cmd[4:4] = ["--config", str(self.config)]
-        return subprocess.run(cmd, env=self.env, check=check, capture_output=True, text=True, timeout=120)
+        return subprocess.run(cmd, env=self.env, cwd=self.cwd, check=check, capture_output=True, text=True, timeout=120)
 
     def create_key(self, balance: str = "100", name: str = "test") -> str:
         out = self.cli("keys", "create", "--balance", balance, "--name", name).stdout
@@ -152,7 +153,32 @@ def start_server(
     if config is not None:
         cmd += ["--config", str(config)]
     proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    server = RunningServer(f"http://127.0.0.1:{port}", config, env, proc, log_path)
+    return _wait_until_up(RunningServer(f"http://127.0.0.1:{port}", config, env, proc, log_path))
+
+
+def default_env() -> dict[str, str]:
+    """This process's environment without any ``IMAGEGATE_*`` variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def start_default_server(workdir: Path, config: Path) -> RunningServer:
+    """``imagegate serve --config CONFIG`` as a user starts it: no ``IMAGEGATE_*`` variable at all,
+    no public URL, no test-only setting; data under ``workdir/.imagegate`` (the default, relative
+    to the working directory). Only the port is a flag, so the test does not collide with a
+    server already on 8000."""
+    port = free_port()
+    env = default_env()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "imagegate.cli", "serve", "--config", str(config), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    return _wait_until_up(RunningServer(f"http://127.0.0.1:{port}", config, env, proc, log_path, cwd=workdir))
+
+
+def _wait_until_up(server: RunningServer) -> RunningServer:
+    proc = server.proc
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -66,9 +66,12 @@ def test_config_file_and_environment_precedence(tmp_path: Path) -> None:
     os.environ["IMAGEGATE_PORT"] = "9002"
     try:
         settings = load_settings(config)
+        flagged = load_settings(config, port=9003, host=None)
     finally:
         del os.environ["IMAGEGATE_PORT"]
     assert settings.port == 9002 and settings.max_attempts == 5
+    # Flags win over the environment; a flag not given (None) leaves it alone.
+    assert flagged.port == 9003 and flagged.host == "127.0.0.1" and flagged.base_url == "http://127.0.0.1:9003"
     assert settings.model("flux-dev").weights == str(tmp_path / "weights" / "flux")
     assert settings.base_url == "http://127.0.0.1:9002"
 

@@ -1,7 +1,12 @@
-"""One settings object for the whole server: a TOML file, then ``IMAGEGATE_*`` variables.
+"""One settings object for the whole server: a TOML file, ``IMAGEGATE_*`` variables, flags.
 
-Precedence (highest first): environment variables, the TOML file named by ``--config`` (or
-``IMAGEGATE_CONFIG``), the defaults below. Nested tables map to ``IMAGEGATE_<TABLE>__<KEY>``.
+Precedence (highest first): command-line flags, environment variables, the TOML file named by
+``--config`` (or ``IMAGEGATE_CONFIG``), the defaults below. Nested tables map to
+``IMAGEGATE_<TABLE>__<KEY>``.
+
+Everything reads derived values through their properties (``base_url``,
+``resolved_database_url``, ``resolved_storage_url``), never the raw optional settings, so an
+unset value can never reach code that needs one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite under data_dir
     storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
     # The base of polling_url and media URLs; default: http://{host}:{port} of this server.
+    # Read it through ``base_url`` only.
     public_base_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -93,7 +99,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        # Keyword arguments win: load_settings passes the file, environment and flags already
+        # merged in their order, and a worker process gets its server's resolved settings.
+        return (init_settings, env_settings)
 
     @property
     def resolved_database_url(self) -> str:
@@ -121,8 +129,26 @@ class Settings(BaseSettings):
         return self.models.get(model_id) or ModelSettings()
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def environment_values() -> dict[str, Any]:
+    """The settings the ``IMAGEGATE_*`` variables set (nested ones as nested dicts)."""
+    from pydantic_settings import EnvSettingsSource
+
+    return EnvSettingsSource(Settings)()
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Read the TOML file (if any), then let environment variables and ``overrides`` win."""
+    """The file (if any), overridden by environment variables, overridden by ``overrides`` (the
+    command line's flags; ``None`` means the flag was not given)."""
     path = config_file or os.environ.get("IMAGEGATE_CONFIG")
     values: dict[str, Any] = {}
     if path:
@@ -136,5 +162,6 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             weights = model.get("weights")
             if weights and weights.startswith(("./", "../")):
                 model["weights"] = str((base / weights).resolve())
+    values = _deep_merge(values, environment_values())
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

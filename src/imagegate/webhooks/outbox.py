@@ -193,7 +193,7 @@ class WebhookOutbox:
 
     @property
     def base_url(self) -> str:
-        return self.settings.public_base_url.rstrip("/")
+        return self.settings.base_url
 
     # -- the transition hook (runs inside the job's transaction) ------------------------------
 
