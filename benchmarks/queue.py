@@ -121,7 +121,7 @@ def measure(label: str, database_url: str | None, latency_database_url: str | No
             time.sleep(0.05)  # let the worker go idle, as a fresh submit would find it
         conn.close()
         store = JobStore(latency_database_url or f"sqlite:///{data / 'busy' / 'imagegate.db'}")
-        starts = [(j.started_at - j.created_at) * 1000 for j in (store.get_job(i) for i in ids)]
+        starts = [(j.started_at - j.created_at) * 1000 for j in (store.jobs.get(i) for i in ids)]
         store.dispose()
         row["enqueue→start p50 ms"] = f"{statistics.median(starts):.1f}"
         row["enqueue→start p99 ms"] = f"{percentile(starts, 99):.1f}"

@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
     from imagegate.jobs.store import JobStore
 
-    store = JobStore(settings.resolved_database_url)
+    store = JobStore.from_settings(settings)
     store.migrate()
     return store
 
@@ -39,8 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imagegate.api.app import create_app
-    from imagegate.jobs.supervisor import WorkerSupervisor
-    from imagegate.housekeeping import start_housekeeping_thread
+    from imagegate.runtime.supervisor import WorkerSupervisor
+    from imagegate.runtime.housekeeping import start_housekeeping_thread
     from imagegate.webhooks.deliverer import start_deliverer_thread
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from imagegate.jobs.worker import run_worker
+    from imagegate.runtime.worker import run_worker
 
     settings = _settings(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
@@ -111,27 +111,27 @@ def cmd_keys(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     try:
         if args.keys_cmd == "create":
-            plaintext, key = store.create_key(name=args.name or "", balance_micros=parse_usd(args.balance))
+            plaintext, key = store.keys.create(name=args.name or "", balance_micros=parse_usd(args.balance))
             print(f"id: {key.id}")
             print(f"name: {key.name}")
             print(f"balance: {format_usd(key.balance_micros)} USD")
             print(f"webhook secret: {key.webhook_secret}")
             print(plaintext)
         elif args.keys_cmd == "topup":
-            key = store.topup(args.key, parse_usd(args.usd))
+            key = store.keys.topup(args.key, parse_usd(args.usd))
             print(f"{key.id} balance: {format_usd(key.balance_micros)} USD")
         elif args.keys_cmd == "list":
-            for key in store.list_keys():
+            for key in store.keys.list():
                 state = "disabled" if key.disabled else "active"
                 print(f"{key.id}\t{key.key_prefix}…\t{key.name}\t{format_usd(key.balance_micros)} USD\t{state}")
         elif args.keys_cmd == "disable":
-            key = store.set_key_disabled(args.key, True)
+            key = store.keys.set_disabled(args.key, True)
             print(f"{key.id} disabled")
         elif args.keys_cmd == "enable":
-            key = store.set_key_disabled(args.key, False)
+            key = store.keys.set_disabled(args.key, False)
             print(f"{key.id} enabled")
         elif args.keys_cmd == "rotate-webhook-secret":
-            key = store.rotate_webhook_secret(args.key)
+            key = store.keys.rotate_webhook_secret(args.key)
             print(key.webhook_secret)
     except RequestNotFoundError as exc:
         print(exc, file=sys.stderr)
@@ -153,7 +153,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     store = _store(settings)
     try:
         if args.models_cmd == "list":
-            switches = store.model_switches()
+            switches = store.models.all()
             for spec in MODELS.values():
                 enabled = settings.model(spec.id).enabled and switches.get(spec.id, True)
                 weights = settings.model(spec.id).weights or spec.default_weights
@@ -167,7 +167,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.id not in MODELS:
             print(f"unknown model id: {args.id}", file=sys.stderr)
             return 2
-        store.set_model_enabled(args.id, args.models_cmd == "enable")
+        store.models.set_enabled(args.id, args.models_cmd == "enable")
         print(f"{args.id} {args.models_cmd}d")
     finally:
         store.dispose()

@@ -5,13 +5,15 @@ Hierarchy::
     ImagegateError
     ├── RequestError                 the client's request cannot be served (4xx at the edge)
     │   ├── ValidationError          a field breaks a rule (400)
+    │   │   └── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
     │   ├── AuthenticationError      missing or unknown key (401)
     │   ├── KeyDisabledError         the key exists but is disabled (403)
     │   ├── ModelNotFoundError       unknown or disabled model (400, dojo 404)
     │   ├── InsufficientBalanceError the wallet cannot cover the price (402)
     │   ├── RateLimitedError         per-key rate limit exceeded (429)
     │   ├── RequestNotFoundError     no such request for this key (404)
-    │   ├── IdempotencyConflictError same Idempotency-Key, different body (409)
+    │   ├── ConflictError            contradicts the current state (409)
+    │   │   └── IdempotencyConflictError  same Idempotency-Key, different body (409)
     │   └── SyncTimeoutError         a synchronous request outlived its bound (504)
     └── JobError                     a job cannot finish; recorded on the job, never escapes a worker
         ├── InputError               an input (URL, data URI, image) is unusable: job FAILED
@@ -23,7 +25,7 @@ Hierarchy::
             └── StorageError         an output could not be stored
 
 HTTP mapping happens once, in ``imagegate.api.errors``; job statuses are chosen once, in
-``imagegate.jobs.worker``.
+``imagegate.runtime.worker``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class ImagegateError(Exception):
 
 
 class RequestError(ImagegateError):
-    status_code = 400
+    """The client's request cannot be served. Which HTTP status (and which protocol's body) it
+    becomes is decided once, in :mod:`imagegate.api.errors`."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -42,7 +45,7 @@ class RequestError(ImagegateError):
 
 
 class ValidationError(RequestError):
-    status_code = 400
+    """A field breaks a rule; the message names both."""
 
     def __init__(self, field: str, rule: str) -> None:
         self.field = field
@@ -50,16 +53,20 @@ class ValidationError(RequestError):
         super().__init__(f"{field} {rule}" if field else rule)
 
 
+class UnsupportedMediaTypeError(ValidationError):
+    """The body is declared as something other than what the route reads."""
+
+
 class AuthenticationError(RequestError):
-    status_code = 401
+    """No key, or a key imagegate does not know."""
 
 
 class KeyDisabledError(RequestError):
-    status_code = 403
+    """The key exists but is disabled."""
 
 
 class ModelNotFoundError(RequestError):
-    status_code = 400
+    """An unknown or disabled model."""
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
@@ -67,7 +74,7 @@ class ModelNotFoundError(RequestError):
 
 
 class InsufficientBalanceError(RequestError):
-    status_code = 402
+    """The wallet cannot cover the price."""
 
     def __init__(self, required_micros: int) -> None:
         self.required_micros = required_micros
@@ -79,7 +86,7 @@ class InsufficientBalanceError(RequestError):
 
 
 class RateLimitedError(RequestError):
-    status_code = 429
+    """The key's rate limit is exceeded."""
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
@@ -87,15 +94,19 @@ class RateLimitedError(RequestError):
 
 
 class RequestNotFoundError(RequestError):
-    status_code = 404
+    """No such request (or key, or object) for this caller."""
 
 
-class IdempotencyConflictError(RequestError):
-    status_code = 409
+class ConflictError(RequestError):
+    """The request contradicts the current state of what it names."""
+
+
+class IdempotencyConflictError(ConflictError):
+    """The same Idempotency-Key with a different body."""
 
 
 class SyncTimeoutError(RequestError):
-    status_code = 504
+    """A synchronous request outlived its bound."""
 
 
 class JobError(ImagegateError):
@@ -103,30 +114,32 @@ class JobError(ImagegateError):
 
 
 class InputError(JobError):
+    """An input is unusable: the request's fault, the job ends FAILED naming the field."""
+
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
 
 
 class SafetyError(JobError):
-    pass
+    """Reserved for safety-policy failures (FAILED)."""
 
 
 class JobCanceledError(JobError):
-    pass
+    """The job was canceled while running (CANCELED)."""
 
 
 class SystemJobError(JobError):
-    pass
+    """imagegate's own fault: ERROR, not charged."""
 
 
 class WeightsNotFoundError(SystemJobError):
-    pass
+    """Model weights are missing."""
 
 
 class EngineError(SystemJobError):
-    pass
+    """The model raised (out-of-memory included)."""
 
 
 class StorageError(SystemJobError):
-    pass
+    """An output could not be stored."""

@@ -49,7 +49,7 @@ def store_of(server: RunningServer) -> JobStore:
 def assert_wallets_balanced(server: RunningServer) -> None:
     store = store_of(server)
     try:
-        for key_id, balance, ledger in store.iter_all_keys_balanced():
+        for key_id, balance, ledger in store.keys.balances():
             assert balance == ledger, key_id
     finally:
         store.dispose()

@@ -22,7 +22,7 @@ import httpx
 from harness import RunningServer, free_port, start_server, wait_status  # noqa: F401
 
 from imagegate.jobs.status import JobStatus
-from imagegate.jobs.store import Job, JobStore
+from imagegate.jobs.store import Job, JobStore, LedgerEntry
 
 SUB = "Ocp-Apim-Subscription-Key"
 FLUX_DEV = "/flux-dev/v1/dev/textToImage"
@@ -66,7 +66,7 @@ def open_store(server_or_url: Any) -> JobStore:
 
 def new_key(store: JobStore, usd: float = 100.0, name: str = "faults") -> tuple[str, str]:
     """(plaintext, key id): the same JobStore call `imagegate keys create` makes."""
-    plaintext, key = store.create_key(name=name, balance_micros=int(usd * 1_000_000))
+    plaintext, key = store.keys.create(name=name, balance_micros=int(usd * 1_000_000))
     return plaintext, key.id
 
 
@@ -108,7 +108,7 @@ def wait_terminal(store: JobStore, job_ids: Iterable[str], timeout: float = 180)
     ids = list(job_ids)
 
     def done() -> dict[str, Job] | None:
-        jobs = {i: store.get_job(i) for i in ids}
+        jobs = {i: store.jobs.get(i) for i in ids}
         return jobs if all(j.status.terminal for j in jobs.values()) else None
 
     return wait_until(done, timeout, f"{len(ids)} job(s) to end", interval=0.1)
@@ -191,21 +191,21 @@ def check_books(store: JobStore, *, all_terminal: bool = True) -> dict[str, list
       release, when the final price was lower) when it ended COMPLETED or FAILED;
     - a free job has no ledger rows.
     """
-    for key_id, balance, ledger_sum in store.iter_all_keys_balanced():
+    for key_id, balance, ledger_sum in store.keys.balances():
         assert balance == ledger_sum, f"{key_id}: balance {balance} != ledger sum {ledger_sum}"
-    jobs = {j.id: j for j in store.list_jobs()}
-    rows_by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for key in store.list_keys():
-        for row in store.ledger_rows(key.id):
-            if row["job_id"] is not None:
-                rows_by_job[row["job_id"]].append(row)
+    jobs = {j.id: j for j in store.jobs.list()}
+    rows_by_job: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for key in store.keys.list():
+        for row in store.keys.ledger(key.id):
+            if row.job_id is not None:
+                rows_by_job[row.job_id].append(row)
     for job_id, rows in rows_by_job.items():
-        assert job_id in jobs, f"ledger rows {[r['kind'] for r in rows]} for a job that does not exist: {job_id}"
-        assert all(r["key_id"] == jobs[job_id].key_id for r in rows), job_id
+        assert job_id in jobs, f"ledger rows {[r.kind.value for r in rows]} for a job that does not exist: {job_id}"
+        assert all(r.key_id == jobs[job_id].key_id for r in rows), job_id
     stories: dict[str, list[str]] = {}
     for job in jobs.values():
-        rows = sorted(rows_by_job.get(job.id, []), key=lambda r: r["id"])
-        kinds = [r["kind"] for r in rows]
+        rows = sorted(rows_by_job.get(job.id, []), key=lambda r: r.id)
+        kinds = [r.kind.value for r in rows]
         stories[job.id] = kinds
         if all_terminal:
             assert job.status.terminal, f"{job.id} is still {job.status.value}"
@@ -230,7 +230,7 @@ def check_books(store: JobStore, *, all_terminal: bool = True) -> dict[str, list
 
 
 def balance(store: JobStore, key_id: str) -> int:
-    return store.get_key(key_id).balance_micros
+    return store.keys.get(key_id).balance_micros
 
 
 # -- a webhook receiver that can be down ------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> Non
         receiver.start()
         server = start_server(data, config=None, workers=0, extra_env=server_env())
         # Nothing acknowledged was lost, and nothing is held without its job (or the reverse).
-        jobs = {j.id: j for j in store.list_jobs(key_id=key_id)}
+        jobs = {j.id: j for j in store.jobs.list(key_id=key_id)}
         assert set(accepted) <= set(jobs)
         stories = check_books(store, all_terminal=False)
         held = [j for j in jobs.values() if j.status is JobStatus.QUEUED]
@@ -112,12 +112,12 @@ def test_api_killed_mid_submit_leaves_no_hold_without_job(tmp_path: Path) -> Non
                 if idem is None:
                     continue
                 job_id = submit(client, key, body, **{"Idempotency-Key": idem})
-                assert [j.id for j in store.list_jobs(key_id=key_id) if j.idempotency_key == idem] == [job_id]
+                assert [j.id for j in store.jobs.list(key_id=key_id) if j.idempotency_key == idem] == [job_id]
             # The final webhooks that were pending before the kill arrive now.
             receiver.wait_terminal(hooked, timeout=60)
             assert {d.status for j in hooked for d in receiver.for_job(j)} == {"CANCELED"}
             # Every job reaches one final status; the money comes back with the releases.
-            queued = [j.id for j in store.list_jobs(key_id=key_id, statuses=[JobStatus.QUEUED])]
+            queued = [j.id for j in store.jobs.list(key_id=key_id, statuses=[JobStatus.QUEUED])]
             for job_id in queued:
                 r = client.put(f"/v2/requests/{job_id}/cancel", headers={SUB: key})
                 assert r.status_code == 200 and r.json()["status"] == "CANCELED", r.text

@@ -209,7 +209,7 @@ def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_
         assert {j.status for j in jobs.values()} == {JobStatus.COMPLETED}, {i: (j.status, j.error) for i, j in jobs.items()}
         assert jobs[running].attempts in (1, 2)
         for idem in [a[0] for a in attempts] + ["race-1"]:
-            assert len([j for j in store.list_jobs(key_id=key_id) if j.idempotency_key == idem]) == 1
+            assert len([j for j in store.jobs.list(key_id=key_id) if j.idempotency_key == idem]) == 1
         # Nobody died: the same API process and the same worker process rode both outages out.
         assert server.proc.poll() is None
         assert worker_pids(server) == [worker], server.log()[-3000:]

@@ -68,10 +68,10 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
             waiting = [submit(client, key, {**FAST, "prompt": f"waiting {i}"}, **hook) for i in range(2)]
         took = stop_gracefully(server)
         print(f"\nMEASURE SIGTERM with a running job: server exited after {took:.1f}s")
-        job = store.get_job(finished)
+        job = store.jobs.get(finished)
         assert job.status is JobStatus.COMPLETED and job.attempts == 1, job
         for job_id in waiting:
-            job = store.get_job(job_id)
+            job = store.jobs.get(job_id)
             assert job.status is JobStatus.QUEUED and job.attempts == 0, job
         assert pending_terminal_events(store, finished)
         check_books(store, all_terminal=False)
@@ -89,10 +89,10 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
             behind = submit(client, key, {**FAST, "prompt": "behind the long one"}, **hook)
         took = stop_gracefully(server)
         print(f"MEASURE SIGTERM past a 1 s grace: server exited after {took:.1f}s")
-        job = store.get_job(long)
+        job = store.jobs.get(long)
         assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None, job
         assert job.progress == 0 and job.completed_at is None, job  # the next attempt starts afresh
-        assert store.get_job(behind).status is JobStatus.QUEUED
+        assert store.jobs.get(behind).status is JobStatus.QUEUED
         stories = check_books(store, all_terminal=False)
         assert stories[long] == ["hold"] and stories[behind] == ["hold"]
         assert took < 20, took
@@ -106,16 +106,16 @@ def test_restarts_lose_no_job_ledger_row_or_webhook(tiny_models: Path, tmp_path:
             r = client.put(f"/v2/requests/{canceled}/cancel", headers={SUB: key})
             assert r.status_code == 200 and r.json()["status"] == "CANCELED", r.text
         wait_until(lambda: pending_terminal_events(store, canceled), 10, "the canceled job's final webhook")
-        assert store.get_job(long).attempts == 2
+        assert store.jobs.get(long).attempts == 2
         [worker] = wait_workers(server)
         kill_hard(server)
         killed = time.monotonic()
         wait_until(lambda: not alive(worker), 60, "the orphaned worker to exit")
         print(f"MEASURE server SIGKILL: its orphaned worker exited after {time.monotonic() - killed:.1f}s")
-        job = store.get_job(long)
+        job = store.jobs.get(long)
         # Handed back by the orphan after its grace period (or finished, on a very fast machine).
         assert job.status in (JobStatus.QUEUED, JobStatus.COMPLETED) and job.lease_owner is None, job
-        assert store.get_job(behind).status is JobStatus.QUEUED
+        assert store.jobs.get(behind).status is JobStatus.QUEUED
         check_books(store, all_terminal=False)
 
         # 4. Everything completes; every final webhook arrives, one per job.

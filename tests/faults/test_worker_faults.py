@@ -138,12 +138,12 @@ def test_killed_worker_job_is_claimed_again_and_completes_once(srv: Any, store: 
         job_id = submit(client, key, slow(30, side=512), **{"X-Webhook-URL": receiver.url})  # still running at the kill
         wait_running(client, key, job_id)
         [old] = worker_pids(srv)
-        assert store.get_job(job_id).attempts == 1
+        assert store.jobs.get(job_id).attempts == 1
         killed = time.monotonic()
         os.kill(old, signal.SIGKILL)
         [new] = wait_workers(srv, exclude=[old], timeout=60)
         restarted = time.monotonic() - killed
-        wait_until(lambda: store.get_job(job_id).attempts >= 2, 120, "the job to be claimed again")
+        wait_until(lambda: store.jobs.get(job_id).attempts >= 2, 120, "the job to be claimed again")
         reclaimed = time.monotonic() - killed
         done = wait_status(client, job_id, key)
         completed = time.monotonic() - killed
@@ -151,7 +151,7 @@ def test_killed_worker_job_is_claimed_again_and_completes_once(srv: Any, store: 
         assert client.get(done["output"]["media_url"][0]).status_code == 200
     print(f"\nMEASURE worker SIGKILL: restarted after {restarted:.1f}s, job re-claimed after {reclaimed:.1f}s, completed after {completed:.1f}s")
     assert not alive(old) and new != old
-    job = store.get_job(job_id)
+    job = store.jobs.get(job_id)
     assert job.status is JobStatus.COMPLETED and job.attempts == 2
     stories = check_books(store)
     assert stories[job_id] == ["hold", "capture"]
@@ -249,7 +249,7 @@ def test_out_of_memory_is_error_not_charged_and_the_worker_survives(srv: Any, st
 
 
 def _jobs_with_key(store: JobStore, key_id: str, idempotency_key: str) -> list[Any]:
-    return [j for j in store.list_jobs(key_id=key_id) if j.idempotency_key == idempotency_key]
+    return [j for j in store.jobs.list(key_id=key_id) if j.idempotency_key == idempotency_key]
 
 
 def test_idempotency_key_on_a_queue_route(srv: Any, store: JobStore) -> None:

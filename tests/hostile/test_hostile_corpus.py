@@ -411,7 +411,7 @@ def test_wallets_match_their_ledgers(hostile_server: RunningServer, strict_serve
     for server in (hostile_server, strict_server):
         store = JobStore(server_db(server))
         try:
-            rows = list(store.iter_all_keys_balanced())
+            rows = list(store.keys.balances())
             assert rows
             for key_id, balance_micros, ledger in rows:
                 assert balance_micros == ledger, key_id

@@ -110,7 +110,7 @@ def test_server_is_healthy_and_wallets_balanced_after_fuzzing(fuzz_client: tuple
     assert r.status_code in (202, 402), r.text
     store = JobStore(server_db(idle_server))
     try:
-        for key_id, balance_micros, ledger in store.iter_all_keys_balanced():
+        for key_id, balance_micros, ledger in store.keys.balances():
             assert balance_micros == ledger, key_id
     finally:
         store.dispose()

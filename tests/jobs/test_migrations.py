@@ -15,7 +15,7 @@ def test_migrations_match_the_declared_schema(store: JobStore) -> None:
         differences = compare_metadata(context, schema.metadata)
         version = context.get_current_revision()
     assert differences == []
-    assert version == "0002"
+    assert version == "0003"
 
 
 def test_an_existing_database_upgrades_in_place(tmp_path) -> None:
@@ -30,7 +30,7 @@ def test_an_existing_database_upgrades_in_place(tmp_path) -> None:
             " VALUES ('key_old', 'old', 'h', 'p', 5, 0, 's', 0)"
         )
     store.migrate()
-    assert [k.id for k in store.list_keys()] == ["key_old"]
+    assert [k.id for k in store.keys.list()] == ["key_old"]
     with store.engine.connect() as conn:
         columns = [row[1] for row in conn.exec_driver_sql("PRAGMA table_info(jobs)")]
     assert "media_deleted_at" in columns

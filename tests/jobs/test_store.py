@@ -18,43 +18,43 @@ def new_job(key_id: str, price: int = 25_000, **kw: object) -> NewJob:
 
 
 def assert_balanced(store: JobStore) -> None:
-    for key_id, balance, ledger in store.iter_all_keys_balanced():
+    for key_id, balance, ledger in store.keys.balances():
         assert balance == ledger, key_id
 
 
 def test_hold_capture_release(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    a, _ = store.submit(new_job(key.id))
-    b, _ = store.submit(new_job(key.id))
-    assert store.get_key(key.id).balance_micros == 50_000
-    ja = store.claim("w", 30)
+    _, key = store.keys.create(balance_micros=100_000)
+    a, _ = store.jobs.submit(new_job(key.id))
+    b, _ = store.jobs.submit(new_job(key.id))
+    assert store.keys.get(key.id).balance_micros == 50_000
+    ja = store.jobs.claim("w", 30)
     assert ja is not None and ja.id == a.id
-    store.finish(a.id, "w", JobStatus.COMPLETED, output={"media": []})
-    jb = store.claim("w", 30)
+    store.jobs.finish(a.id, "w", JobStatus.COMPLETED, output={"media": []})
+    jb = store.jobs.claim("w", 30)
     assert jb is not None
-    store.finish(b.id, "w", JobStatus.ERROR, error="boom")
-    assert store.get_key(key.id).balance_micros == 75_000
-    kinds = [r["kind"] for r in store.ledger_rows(key.id)]
+    store.jobs.finish(b.id, "w", JobStatus.ERROR, error="boom")
+    assert store.keys.get(key.id).balance_micros == 75_000
+    kinds = [r.kind.value for r in store.keys.ledger(key.id)]
     assert kinds == ["topup", "hold", "hold", "capture", "release"]
     assert_balanced(store)
 
 
 def test_insufficient_balance_queues_nothing(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=10_000)
+    _, key = store.keys.create(balance_micros=10_000)
     with pytest.raises(InsufficientBalanceError) as err:
-        store.submit(new_job(key.id))
+        store.jobs.submit(new_job(key.id))
     assert "Required: $0.025" in str(err.value)
-    assert store.list_jobs(key_id=key.id) == []
-    assert store.get_key(key.id).balance_micros == 10_000
+    assert store.jobs.list(key_id=key.id) == []
+    assert store.keys.get(key.id).balance_micros == 10_000
     assert_balanced(store)
 
 
 def test_parallel_submits_never_overdraw(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=250_000)  # room for exactly 10 at $0.025
+    _, key = store.keys.create(balance_micros=250_000)  # room for exactly 10 at $0.025
 
     def submit(_: int) -> str:
         try:
-            store.submit(new_job(key.id))
+            store.jobs.submit(new_job(key.id))
             return "ok"
         except InsufficientBalanceError:
             return "402"
@@ -62,20 +62,20 @@ def test_parallel_submits_never_overdraw(store: JobStore) -> None:
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(submit, range(60)))
     assert results.count("ok") == 10 and results.count("402") == 50
-    assert store.get_key(key.id).balance_micros == 0
-    assert len(store.list_jobs(key_id=key.id)) == 10
+    assert store.keys.get(key.id).balance_micros == 0
+    assert len(store.jobs.list(key_id=key.id)) == 10
     assert_balanced(store)
 
 
 def test_claims_are_exclusive_under_concurrency(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=0)
-    ids = {store.submit(new_job(key.id, price=0))[0].id for _ in range(30)}
+    _, key = store.keys.create(balance_micros=0)
+    ids = {store.jobs.submit(new_job(key.id, price=0))[0].id for _ in range(30)}
     claimed: list[str] = []
     lock = threading.Lock()
 
     def claimer(n: int) -> None:
         while True:
-            job = store.claim(f"w{n}", 30)
+            job = store.jobs.claim(f"w{n}", 30)
             if job is None:
                 return
             with lock:
@@ -90,100 +90,100 @@ def test_claims_are_exclusive_under_concurrency(store: JobStore) -> None:
 
 
 def test_claim_order_is_fifo_and_filters_models(store: JobStore) -> None:
-    _, key = store.create_key()
-    first, _ = store.submit(new_job(key.id, price=0))
-    other, _ = store.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
-    second, _ = store.submit(new_job(key.id, price=0))
-    assert store.claim("w", 30, ["boogu-image"]).id == other.id  # type: ignore[union-attr]
-    assert store.claim("w", 30).id == first.id  # type: ignore[union-attr]
-    assert store.claim("w", 30).id == second.id  # type: ignore[union-attr]
+    _, key = store.keys.create()
+    first, _ = store.jobs.submit(new_job(key.id, price=0))
+    other, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
+    second, _ = store.jobs.submit(new_job(key.id, price=0))
+    assert store.jobs.claim("w", 30, ["boogu-image"]).id == other.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w", 30).id == first.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w", 30).id == second.id  # type: ignore[union-attr]
 
 
 def test_expired_lease_is_reclaimed_and_only_the_new_owner_finishes(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    job, _ = store.submit(new_job(key.id, max_attempts=2))
-    assert store.claim("dead", 0.01) is not None
+    _, key = store.keys.create(balance_micros=100_000)
+    job, _ = store.jobs.submit(new_job(key.id, max_attempts=2))
+    assert store.jobs.claim("dead", 0.01) is not None
     time.sleep(0.05)
-    store.recover_expired()
-    again = store.claim("alive", 30)
+    store.jobs.recover_expired()
+    again = store.jobs.claim("alive", 30)
     assert again is not None and again.id == job.id and again.attempts == 2
-    assert store.finish(job.id, "dead", JobStatus.COMPLETED) is None  # fenced out
-    assert store.finish(job.id, "alive", JobStatus.COMPLETED).status is JobStatus.COMPLETED  # type: ignore[union-attr]
-    assert store.get_key(key.id).balance_micros == 75_000
+    assert store.jobs.finish(job.id, "dead", JobStatus.COMPLETED) is None  # fenced out
+    assert store.jobs.finish(job.id, "alive", JobStatus.COMPLETED).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+    assert store.keys.get(key.id).balance_micros == 75_000
     assert_balanced(store)
 
 
 def test_too_many_attempts_end_in_error_not_charged(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    job, _ = store.submit(new_job(key.id, max_attempts=1))
-    store.claim("dead", 0.01)
+    _, key = store.keys.create(balance_micros=100_000)
+    job, _ = store.jobs.submit(new_job(key.id, max_attempts=1))
+    store.jobs.claim("dead", 0.01)
     time.sleep(0.05)
-    store.recover_expired()
-    ended = store.get_job(job.id)
+    store.jobs.recover_expired()
+    ended = store.jobs.get(job.id)
     assert ended.status is JobStatus.ERROR and "not charged" in (ended.error or "")
-    assert store.get_key(key.id).balance_micros == 100_000
+    assert store.keys.get(key.id).balance_micros == 100_000
     assert_balanced(store)
 
 
 def test_cancel_queued_releases_and_running_is_flagged(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    queued, _ = store.submit(new_job(key.id))
-    running, _ = store.submit(new_job(key.id))
-    canceled = store.cancel(queued.id, key.id)
+    _, key = store.keys.create(balance_micros=100_000)
+    queued, _ = store.jobs.submit(new_job(key.id))
+    running, _ = store.jobs.submit(new_job(key.id))
+    canceled = store.jobs.cancel(queued.id, key.id)
     assert canceled.status is JobStatus.CANCELED
-    claimed = store.claim("w", 30)
+    claimed = store.jobs.claim("w", 30)
     assert claimed is not None and claimed.id == running.id
-    flagged = store.cancel(running.id, key.id)
+    flagged = store.jobs.cancel(running.id, key.id)
     assert flagged.status is JobStatus.PROCESSING and flagged.cancel_requested
-    assert store.heartbeat(running.id, "w", 30) is True
-    store.finish(running.id, "w", JobStatus.CANCELED, error="Canceled by the client")
-    assert store.get_key(key.id).balance_micros == 100_000
-    _, other = store.create_key()
+    assert store.jobs.heartbeat(running.id, "w", 30) is True
+    store.jobs.finish(running.id, "w", JobStatus.CANCELED, error="Canceled by the client")
+    assert store.keys.get(key.id).balance_micros == 100_000
+    _, other = store.keys.create()
     with pytest.raises(RequestNotFoundError):
-        store.cancel(queued.id, other.id)
+        store.jobs.cancel(queued.id, other.id)
     assert_balanced(store)
 
 
 def test_partial_capture_releases_the_difference(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    job, _ = store.submit(new_job(key.id, price=10_000))
-    store.claim("w", 30)
-    done = store.finish(job.id, "w", JobStatus.COMPLETED, charge_micros=5_000)
+    _, key = store.keys.create(balance_micros=100_000)
+    job, _ = store.jobs.submit(new_job(key.id, price=10_000))
+    store.jobs.claim("w", 30)
+    done = store.jobs.finish(job.id, "w", JobStatus.COMPLETED, charge_micros=5_000)
     assert done is not None and done.price_micros == 5_000
-    assert store.get_key(key.id).balance_micros == 95_000
+    assert store.keys.get(key.id).balance_micros == 95_000
     assert_balanced(store)
 
 
 def test_idempotency_key(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=100_000)
-    a, created = store.submit(new_job(key.id, idempotency_key="k1", request_hash="h1"))
-    b, created_again = store.submit(new_job(key.id, idempotency_key="k1", request_hash="h1"))
+    _, key = store.keys.create(balance_micros=100_000)
+    a, created = store.jobs.submit(new_job(key.id, idempotency_key="k1", request_hash="h1"))
+    b, created_again = store.jobs.submit(new_job(key.id, idempotency_key="k1", request_hash="h1"))
     assert created and not created_again and a.id == b.id
     with pytest.raises(IdempotencyConflictError):
-        store.submit(new_job(key.id, idempotency_key="k1", request_hash="other"))
-    assert store.get_key(key.id).balance_micros == 75_000
+        store.jobs.submit(new_job(key.id, idempotency_key="k1", request_hash="other"))
+    assert store.keys.get(key.id).balance_micros == 75_000
     assert_balanced(store)
 
 
 def test_concurrent_same_idempotency_key_charges_once(store: JobStore) -> None:
-    _, key = store.create_key(balance_micros=1_000_000)
+    _, key = store.keys.create(balance_micros=1_000_000)
     with ThreadPoolExecutor(8) as pool:
-        ids = set(pool.map(lambda _: store.submit(new_job(key.id, idempotency_key="same", request_hash="h"))[0].id, range(16)))
+        ids = set(pool.map(lambda _: store.jobs.submit(new_job(key.id, idempotency_key="same", request_hash="h"))[0].id, range(16)))
     assert len(ids) == 1
-    assert store.get_key(key.id).balance_micros == 975_000
+    assert store.keys.get(key.id).balance_micros == 975_000
     assert_balanced(store)
 
 
 def test_keys_disable_and_authenticate(store: JobStore) -> None:
     from imagegate.exceptions import AuthenticationError, KeyDisabledError
 
-    plaintext, key = store.create_key(name="a")
-    assert store.authenticate(plaintext).id == key.id
-    store.set_key_disabled(key.id)
+    plaintext, key = store.keys.create(name="a")
+    assert store.keys.authenticate(plaintext).id == key.id
+    store.keys.set_disabled(key.id)
     with pytest.raises(KeyDisabledError):
-        store.authenticate(plaintext)
+        store.keys.authenticate(plaintext)
     with pytest.raises(AuthenticationError):
-        store.authenticate("ig_nope")
+        store.keys.authenticate("ig_nope")
     # Only a hash is stored.
     with store.engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT key_hash FROM api_keys").all()
@@ -194,13 +194,13 @@ def test_keys_disable_and_authenticate(store: JobStore) -> None:
 def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
     """Status polls and key lookups skip the pre-ping round trip; when the server has dropped their
     pooled connections (a restart), the first read retries on a fresh one instead of failing."""
-    plaintext, key = store.create_key(balance_micros=100_000)
-    job, _ = store.submit(new_job(key.id))
+    plaintext, key = store.keys.create(balance_micros=100_000)
+    job, _ = store.jobs.submit(new_job(key.id))
     barrier = threading.Barrier(4)
 
     def poll() -> None:
         barrier.wait()  # four reads at once: the pool then holds four connections
-        store.get_job(job.id, key.id)
+        store.jobs.get(job.id, key.id)
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: poll(), range(4)))
@@ -212,5 +212,5 @@ def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
         ).scalar_one()
     assert killed >= 4
     for _ in range(6):  # every stale connection of the pool would fail a read without the retry
-        assert store.get_job(job.id, key.id).status is JobStatus.QUEUED
-        assert store.authenticate(plaintext).id == key.id
+        assert store.jobs.get(job.id, key.id).status is JobStatus.QUEUED
+        assert store.keys.authenticate(plaintext).id == key.id

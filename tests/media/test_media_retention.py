@@ -13,7 +13,7 @@ from imagegate.exceptions import StorageError
 from imagegate.jobs import schema
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
-from imagegate.housekeeping import start_housekeeping_thread
+from imagegate.runtime.housekeeping import start_housekeeping_thread
 from imagegate.media.retention import purge_expired_media
 from imagegate.media.storage import LocalStorage
 
@@ -21,15 +21,15 @@ DAY = 86400.0
 
 
 def complete(store: JobStore, storage: LocalStorage, key_id: str, name: str, files: int = 2) -> tuple[str, list[str]]:
-    job, _ = store.submit(NewJob(key_id=key_id, model_id="flux-dev", protocol="queue", params={"prompt": name},
+    job, _ = store.jobs.submit(NewJob(key_id=key_id, model_id="flux-dev", protocol="queue", params={"prompt": name},
                                  price_micros=0, max_attempts=3))
-    claimed = store.claim("worker-1", 60.0)
+    claimed = store.jobs.claim("worker-1", 60.0)
     assert claimed is not None and claimed.id == job.id
     keys = [f"tok{name}/{job.id}-{i}.png" for i in range(files)]
     for key in keys:
         storage.put(key, b"\x89PNG fake", "image/png")
     media = [{"key": k, "content_type": "image/png"} for k in keys]
-    assert store.finish(job.id, "worker-1", JobStatus.COMPLETED, output={"media": media, "seed": 1}) is not None
+    assert store.jobs.finish(job.id, "worker-1", JobStatus.COMPLETED, output={"media": media, "seed": 1}) is not None
     return job.id, keys
 
 
@@ -46,13 +46,13 @@ class FlakyStorage(LocalStorage):
 
 def test_media_expire_after_their_retention(store: JobStore, tmp_path: Path) -> None:
     storage = FlakyStorage(tmp_path / "media", set())
-    _, key = store.create_key(name="retention")
+    _, key = store.keys.create(name="retention")
     old_id, old_keys = complete(store, storage, key.id, "a")
     other_id, other_keys = complete(store, storage, key.id, "b", files=1)
-    failed, _ = store.submit(NewJob(key_id=key.id, model_id="flux-dev", protocol="queue", params={"prompt": "c"},
+    failed, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="flux-dev", protocol="queue", params={"prompt": "c"},
                                     price_micros=0, max_attempts=3))
-    assert store.claim("worker-1", 60.0) is not None
-    store.finish(failed.id, "worker-1", JobStatus.FAILED, error="bad input")
+    assert store.jobs.claim("worker-1", 60.0) is not None
+    store.jobs.finish(failed.id, "worker-1", JobStatus.FAILED, error="bad input")
     done_at = time.time()
 
     assert purge_expired_media(store, storage, 0, now=done_at + 365 * DAY) == 0  # 0 keeps forever
@@ -63,21 +63,21 @@ def test_media_expire_after_their_retention(store: JobStore, tmp_path: Path) -> 
     storage.failing = {other_keys[0]}
     assert purge_expired_media(store, storage, 2, now=done_at + 2 * DAY + 60) == 1
     assert not any(storage.exists(k) for k in old_keys) and storage.exists(other_keys[0])
-    assert [job_id for job_id, _ in store.jobs_with_expired_media(done_at + 2 * DAY + 60)] == [other_id]
+    assert [job_id for job_id, _ in store.jobs.with_expired_media(done_at + 2 * DAY + 60)] == [other_id]
     storage.failing = set()
     assert purge_expired_media(store, storage, 2, now=done_at + 2 * DAY + 120) == 1
     assert not storage.exists(other_keys[0])
-    assert store.jobs_with_expired_media(done_at + 10 * DAY) == []
+    assert store.jobs.with_expired_media(done_at + 10 * DAY) == []
     # The records stay: status, output description and the failed job are untouched.
-    assert store.get_job(old_id).status is JobStatus.COMPLETED
-    assert store.get_job(old_id).output["media"][0]["key"] == old_keys[0]
-    assert store.get_job(failed.id).status is JobStatus.FAILED
+    assert store.jobs.get(old_id).status is JobStatus.COMPLETED
+    assert store.jobs.get(old_id).output["media"][0]["key"] == old_keys[0]
+    assert store.jobs.get(failed.id).status is JobStatus.FAILED
 
 
 def test_serve_sweeps_in_the_background(sqlite_store: JobStore, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", media_retention_days=1)
     storage = LocalStorage(tmp_path / "data" / "media")
-    _, key = sqlite_store.create_key(name="retention")
+    _, key = sqlite_store.keys.create(name="retention")
     job_id, keys = complete(sqlite_store, storage, key.id, "d")
     with sqlite_store.engine.begin() as conn:  # completed two days ago
         conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(completed_at=time.time() - 2 * DAY))

@@ -17,7 +17,7 @@ from imagegate.config import Settings
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import ApiKey, Job, JobStore, NewJob
 from imagegate.webhooks.deliverer import Deliverer, RetryPolicy
-from imagegate.webhooks.outbox import WebhookOutbox, install
+from imagegate.jobs.outbox import OutboxRepository
 
 FAST = RetryPolicy(base_delay=0.05, max_delay=0.4, jitter=0.2, intermediate_attempts=3)
 OUTPUT = {
@@ -147,7 +147,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 class Kit:
     store: JobStore
     settings: Settings
-    outbox: WebhookOutbox
+    outbox: OutboxRepository
     key: ApiKey
     plaintext: str
     _stops: list[Callable[[], None]] = field(default_factory=list)
@@ -161,7 +161,7 @@ class Kit:
         protocol: str = "queue",
         model_id: str = "p-image",
     ) -> Job:
-        job, _ = self.store.submit(
+        job, _ = self.store.jobs.submit(
             NewJob(
                 key_id=self.key.id,
                 model_id=model_id,
@@ -177,12 +177,12 @@ class Kit:
         return job
 
     def claim(self, job: Job) -> Job:
-        claimed = self.store.claim("worker-1", 60.0, model_ids=[job.model_id])
+        claimed = self.store.jobs.claim("worker-1", 60.0, model_ids=[job.model_id])
         assert claimed is not None and claimed.id == job.id
         return claimed
 
     def finish(self, job: Job, status: JobStatus = JobStatus.COMPLETED, error: str | None = None) -> Job:
-        done = self.store.finish(
+        done = self.store.jobs.finish(
             job.id, "worker-1", status, output=OUTPUT if status is JobStatus.COMPLETED else None, error=error
         )
         assert done is not None
@@ -229,8 +229,10 @@ class Kit:
 
 def make_kit(store: JobStore, tmp_path: Path, **settings: Any) -> Kit:
     s = make_settings(tmp_path, **settings)
-    outbox = install(store, s)
-    plaintext, key = store.create_key(name="webhooks")
+    # The store records events with its own retry window; the kit's is short.
+    store.outbox.retry_seconds = s.webhook_retry_hours * 3600.0
+    outbox = store.outbox
+    plaintext, key = store.keys.create(name="webhooks")
     return Kit(store, s, outbox, key, plaintext)
 
 

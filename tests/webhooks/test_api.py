@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from imagegate.api.app import create_app
 from imagegate.jobs.store import JobStore
-from imagegate.webhooks.outbox import DELIVERED
+from imagegate.jobs.outbox import DELIVERED
 
 from .conftest import Kit, Receiver, Reply
 
@@ -80,7 +80,7 @@ def test_errors(sqlite_store: JobStore, kit_factory: KitFactory, client_for: Cal
     kit.run(filtered)
     assert client.post(f"/v2/requests/{filtered.id}/webhooks/redeliver", headers=auth).status_code == 409
 
-    other_plaintext, _ = sqlite_store.create_key(name="someone else")
+    other_plaintext, _ = sqlite_store.keys.create(name="someone else")
     other = {"Ocp-Apim-Subscription-Key": other_plaintext}
     assert client.get(f"/v2/requests/{plain.id}/webhooks", headers=other).status_code == 404
     assert client.post(f"/v2/requests/{plain.id}/webhooks/redeliver", headers=other).status_code == 404

@@ -15,12 +15,12 @@ from typing import Callable
 import pytest
 
 import imagegate
-from imagegate.housekeeping import sweep
+from imagegate.runtime.housekeeping import sweep
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore
 from imagegate.media.storage import open_storage
 from imagegate.webhooks.deliverer import RetryPolicy
-from imagegate.webhooks.outbox import DELIVERED, DROPPED, FAILED, PENDING
+from imagegate.jobs.outbox import DELIVERED, DROPPED, FAILED, PENDING
 from imagegate.webhooks.signing import SignatureError, verify
 
 from .conftest import OUTPUT, Kit, Receiver, Reply
@@ -67,7 +67,7 @@ def test_signature_uses_the_secret_at_delivery_time(sqlite_store: JobStore, kit_
     job = kit.submit(receiver.url())
     kit.run(job)
     old_secret = kit.key.webhook_secret
-    new_secret = sqlite_store.rotate_webhook_secret(kit.key.id).webhook_secret
+    new_secret = sqlite_store.keys.rotate_webhook_secret(kit.key.id).webhook_secret
     kit.deliverer()
     (got,) = receiver.wait_for(1)
     verify(new_secret, got.headers, got.body)
@@ -85,7 +85,7 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     receiver.wait_for(2)  # queued, start
     began = time.monotonic()
     for step in range(1, 31):  # 30 updates over ~1.5 s
-        assert kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=step / 40) is False
+        assert kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=step / 40) is False
         time.sleep(0.05)
     updating = time.monotonic() - began
     kit.finish(claimed)
@@ -112,13 +112,13 @@ def test_a_reclaimed_job_starts_once(sqlite_store: JobStore, kit_factory: KitFac
     kit = kit_factory(sqlite_store)
     kit.deliverer()
     job = kit.submit(receiver.url(), mode)
-    first = kit.store.claim("worker-1", 0.05, model_ids=[job.model_id])
+    first = kit.store.jobs.claim("worker-1", 0.05, model_ids=[job.model_id])
     assert first is not None and first.id == job.id
     time.sleep(0.1)
-    assert [j.id for j in kit.store.recover_expired()] == [job.id]
-    again = kit.store.claim("worker-2", 60.0, model_ids=[job.model_id])
+    assert [j.id for j in kit.store.jobs.recover_expired()] == [job.id]
+    again = kit.store.jobs.claim("worker-2", 60.0, model_ids=[job.model_id])
     assert again is not None and again.attempts == 2
-    assert kit.store.finish(job.id, "worker-2", JobStatus.COMPLETED, output=OUTPUT) is not None
+    assert kit.store.jobs.finish(job.id, "worker-2", JobStatus.COMPLETED, output=OUTPUT) is not None
     kit.wait_state(job.id, "completed", DELIVERED)
     statuses = [r.json["status"] for r in receiver.requests]
     assert statuses == (["QUEUED", "PROCESSING", "COMPLETED"] if mode == "sync" else ["PROCESSING", "COMPLETED"])
@@ -137,7 +137,7 @@ def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver
         jobs.append(kit.submit(receiver.url(f"/case{i}"), "events", events))
     for job, (_events, end, _want) in zip(jobs, cases, strict=True):
         claimed = kit.claim(job)
-        kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+        kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
         kit.finish(claimed, end, error=None if end is JobStatus.COMPLETED else "bad input")
     kit.deliverer()
     for i, (_events, _end, want) in enumerate(cases):
@@ -150,7 +150,7 @@ def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver
     everything = kit.submit(receiver.url("/all"), "events", ["*"])
     claimed = kit.claim(everything)
     receiver.wait_for(1, path="/all")
-    kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+    kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
     receiver.wait_for(2, path="/all")
     kit.finish(claimed)
     got = receiver.wait_for(3, path="/all")
@@ -211,7 +211,7 @@ def test_a_slow_receiver_delays_neither_other_targets_nor_cancels(sqlite_store: 
         kit.run(fast)
         receiver.wait_for(1, path="/fast", timeout=4.0)
         t1 = time.monotonic()
-        canceled = kit.store.cancel(waiting.id, kit.key.id)
+        canceled = kit.store.jobs.cancel(waiting.id, kit.key.id)
         assert canceled.status is JobStatus.CANCELED and time.monotonic() - t1 < 2.0
         (c,) = receiver.wait_for(1, path="/cancel", timeout=4.0)
         assert c.json["status"] == "CANCELED"
@@ -235,7 +235,7 @@ def test_410_stops_every_delivery_for_the_request(store: JobStore, kit_factory: 
     receiver.wait_for(1, path="/later")
     kit.wait_state(later.id, "queued", DROPPED)
     claimed = kit.claim(later)
-    kit.store.heartbeat(claimed.id, "worker-1", 60.0, progress=0.3)
+    kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.3)
     kit.finish(claimed)
     time.sleep(0.5)
     assert len(receiver.of("/waiting")) == 1 and len(receiver.of("/later")) == 1
@@ -429,3 +429,23 @@ def test_finished_deliveries_are_purged_after_their_retention(store: JobStore, k
 
     assert kit.outbox.purge_expired(0, now=time.time() + 10 * 365 * 86400) == 0  # 0 keeps them
     assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]
+
+
+def test_an_event_recorded_by_an_older_release_is_sent_with_its_stored_body(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    """Events written before snapshots were kept carry their rendered body; an upgrade sends it as is."""
+    from imagegate.jobs import schema
+
+    kit = kit_factory(sqlite_store)
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    legacy = b'{"request_id":"%s","status":"COMPLETED","legacy":true}' % job.id.encode()
+    with sqlite_store.engine.begin() as conn:
+        conn.execute(
+            schema.webhook_events.update()
+            .where(schema.webhook_events.c.job_id == job.id)
+            .values(payload=legacy.decode(), job_snapshot=None)
+        )
+    kit.deliverer()
+    (got,) = receiver.wait_for(1)
+    assert got.body == legacy
+    verify(kit.key.webhook_secret, got.headers, got.body)

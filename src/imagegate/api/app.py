@@ -34,11 +34,8 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal store
         if store is None:
-            store = JobStore(settings.resolved_database_url)
+            store = JobStore.from_settings(settings)
             store.migrate()
-        from imagegate.webhooks.outbox import install as install_webhooks
-
-        install_webhooks(store, settings)
         app.state.services = Services.create(settings, store)
         try:
             yield

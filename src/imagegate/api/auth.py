@@ -44,7 +44,7 @@ class Authenticator:
         hit = self._cache.get(plaintext)
         if hit and hit[0] > now:
             return hit[1]
-        key = self.store.authenticate(plaintext)
+        key = self.store.keys.authenticate(plaintext)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()

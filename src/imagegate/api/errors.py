@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagegate.exceptions import (
     AuthenticationError,
+    ConflictError,
     IdempotencyConflictError,
     InsufficientBalanceError,
     KeyDisabledError,
@@ -20,6 +21,7 @@ from imagegate.exceptions import (
     RequestError,
     RequestNotFoundError,
     SyncTimeoutError,
+    UnsupportedMediaTypeError,
     ValidationError,
 )
 
@@ -40,6 +42,29 @@ TITLES = {
     500: "Internal Server Error",
     504: "Gateway Timeout",
 }
+
+# The one table from exception to HTTP status; a subclass not listed takes its nearest base's.
+STATUS_CODES: dict[type[RequestError], int] = {
+    RequestError: 400,
+    ValidationError: 400,
+    UnsupportedMediaTypeError: 415,
+    AuthenticationError: 401,
+    KeyDisabledError: 403,
+    ModelNotFoundError: 400,
+    InsufficientBalanceError: 402,
+    RateLimitedError: 429,
+    RequestNotFoundError: 404,
+    ConflictError: 409,
+    SyncTimeoutError: 504,
+}
+
+
+def status_code_for(exc: RequestError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return 400
+
 
 DOJO_CODES = {
     AuthenticationError: ("unauthorized", 401),
@@ -62,8 +87,9 @@ def error_response(request: Request, exc: RequestError) -> JSONResponse:
     headers = {}
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    status_code = status_code_for(exc)
     if is_dojo(request):
-        code, status = DOJO_CODES.get(type(exc), ("invalid_request", exc.status_code))
+        code, status = DOJO_CODES.get(type(exc), ("invalid_request", status_code))
         if isinstance(exc, InsufficientBalanceError):
             from imagegate.billing.pricing import to_credits
 
@@ -76,8 +102,8 @@ def error_response(request: Request, exc: RequestError) -> JSONResponse:
     elif isinstance(exc, ModelNotFoundError):
         body = {"error": "Model not found", "message": exc.message}
     else:
-        body = {"error": TITLES.get(exc.status_code, "Error"), "message": exc.message}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        body = {"error": TITLES.get(status_code, "Error"), "message": exc.message}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -93,8 +119,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = RequestError(str(exc.detail))
-        err.status_code = exc.status_code
         if is_dojo(request):
             code = "not_found" if exc.status_code == 404 else "invalid_request"
             return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)

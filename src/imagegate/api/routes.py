@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from imagegate.api import views
+from imagegate.protocol import views
 from imagegate.api.services import Services
 from imagegate.api.submission import read_json, submit
 from imagegate.billing.money import format_usd
@@ -73,7 +73,7 @@ router = APIRouter()
 def request_status(request_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
-    job = services.store.get_job(request_id, key.id)
+    job = services.store.jobs.get(request_id, key.id)
     return JSONResponse(views.status_view(job, services.base_url))
 
 
@@ -81,7 +81,7 @@ def request_status(request_id: str, request: Request) -> JSONResponse:
 def cancel_request(request_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
-    job = services.store.cancel(request_id, key.id)
+    job = services.store.jobs.cancel(request_id, key.id)
     return JSONResponse(views.status_view(job, services.base_url))
 
 
@@ -89,7 +89,7 @@ def cancel_request(request_id: str, request: Request) -> JSONResponse:
 def account(request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
-    fresh = services.store.get_key(key.id)
+    fresh = services.store.keys.get(key.id)
     return JSONResponse({"key_id": fresh.id, "name": fresh.name, "balance": format_usd(fresh.balance_micros), "currency": "USD"})
 
 
@@ -101,7 +101,7 @@ async def check_status(request: Request) -> JSONResponse:
     request_id = body.get("requestId") if isinstance(body, dict) else None
     if not isinstance(request_id, str) or not request_id:
         raise ValidationError("requestId", "is required and must be a string")
-    job = await run_in_threadpool(services.store.get_job, request_id, key.id)
+    job = await run_in_threadpool(services.store.jobs.get, request_id, key.id)
     return JSONResponse(views.batch_status_view(job, services.base_url))
 
 
@@ -109,7 +109,7 @@ async def check_status(request: Request) -> JSONResponse:
 def dojo_job(job_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request, Auth.BEARER)
-    job = services.store.get_job(job_id, key.id)
+    job = services.store.jobs.get(job_id, key.id)
     return JSONResponse(views.dojo_job_view(job, services.base_url))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from imagegate.api.auth import Authenticator
 from imagegate.api.ratelimit import RateLimiter
+from imagegate.api.waiting import JobWaiter
 from imagegate.catalog import MODELS, ModelSpec
 from imagegate.config import Settings
 from imagegate.exceptions import ModelNotFoundError
@@ -24,6 +25,7 @@ class Services:
     storage: Any
     auth: Authenticator
     limiter: RateLimiter
+    waiter: JobWaiter
     _switches: tuple[float, dict[str, bool]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -37,6 +39,7 @@ class Services:
             storage=open_storage(settings.resolved_storage_url),
             auth=Authenticator(store),
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            waiter=JobWaiter(store),
         )
 
     @property
@@ -49,7 +52,7 @@ class Services:
         now = time.monotonic()
         expires, switches = self._switches
         if expires < now:
-            switches = self.store.model_switches()
+            switches = self.store.models.all()
             self._switches = (now + SWITCH_CACHE_SECONDS, switches)
         return switches.get(model_id, True)
 

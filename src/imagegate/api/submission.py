@@ -7,27 +7,24 @@ and insert the job in one transaction (402) — nothing is queued or charged bef
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from imagegate.api import views
+from imagegate.protocol import views
 from imagegate.api.services import Services
 from imagegate.billing.pricing import price_for
 from imagegate.catalog import ModelSpec, Protocol, Route
-from imagegate.exceptions import SyncTimeoutError, ValidationError
+from imagegate.exceptions import SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, NewJob
 from imagegate.webhooks.targets import check_webhook_url
 
 MAX_BODY_BYTES = 40 * 1024 * 1024
-WAIT_POLL_SECONDS = 0.02
 WEBHOOK_MODES = ("terminal", "sync")
 
 
@@ -35,12 +32,6 @@ WEBHOOK_MODES = ("terminal", "sync")
 # every recursive step after parsing (validation, hashing, storing).
 MAX_JSON_DEPTH = 64
 TOO_DEEP = f"is nested too deeply (more than {MAX_JSON_DEPTH} levels)"
-
-
-class UnsupportedMediaTypeError(ValidationError):
-    """The body is declared as something other than JSON (415)."""
-
-    status_code = 415
 
 
 def _reject_constant(name: str) -> Any:
@@ -152,28 +143,17 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         request_hash=_request_hash(route, body) if idempotency_key else None,
         public_model_id=spec.request_model_id,
     )
-    job, _created = await run_in_threadpool(services.store.submit, new)
+    job, _created = await run_in_threadpool(services.store.jobs.submit, new)
     return await respond(request, services, route, job, params)
-
-
-async def wait_for_end(services: Services, job_id: str, timeout: float) -> Job | None:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = await run_in_threadpool(services.store.get_job, job_id)
-        if job.status.terminal:
-            return job
-        if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(WAIT_POLL_SECONDS)
 
 
 async def wait_or_timeout(services: Services, job: Job) -> Job:
     """Synchronous styles: the finished job, or a timeout error with the job canceled (not charged)."""
     timeout = services.settings.sync_timeout_seconds
-    done = await wait_for_end(services, job.id, timeout)
+    done = await services.waiter.until_end(job.id, timeout)
     if done is not None:
         return done
-    await run_in_threadpool(services.store.cancel, job.id, job.key_id)
+    await run_in_threadpool(services.store.jobs.cancel, job.id, job.key_id)
     raise SyncTimeoutError(
         f"The request did not finish within {timeout:g} seconds; it was canceled and not charged ({job.id})"
     )
@@ -208,11 +188,11 @@ async def respond(request: Request, services: Services, route: Route, job: Job, 
     if protocol is Protocol.BATCH:
         if job.webhook_url:
             return JSONResponse(views.batch_queued_view(job, webhook=True), status_code=202)
-        done = await wait_for_end(services, job.id, services.settings.batch_wait_seconds)
+        done = await services.waiter.until_end(job.id, services.settings.batch_wait_seconds)
         if done is not None:
             return JSONResponse(views.batch_status_view(done, base), status_code=200)
         return JSONResponse(views.batch_queued_view(job, webhook=False), status_code=202)
     if protocol is Protocol.DOJO:
-        key = await run_in_threadpool(services.store.get_key, job.key_id)
+        key = await run_in_threadpool(services.store.keys.get, job.key_id)
         return JSONResponse(views.dojo_submit_view(job, base, key.balance_micros), status_code=200)
     raise AssertionError(f"unknown protocol {protocol}")

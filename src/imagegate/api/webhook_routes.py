@@ -8,32 +8,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from imagegate.api.services import Services
-from imagegate.api.views import iso
-from imagegate.exceptions import RequestError, ValidationError
+from imagegate.protocol.views import iso
+from imagegate.exceptions import ConflictError, ValidationError
 from imagegate.jobs.store import Job
-from imagegate.webhooks.outbox import WebhookEvent, WebhookOutbox, install
+from imagegate.jobs.outbox import OutboxRepository, WebhookEvent
 
 TAG = "webhooks"
 
 router = APIRouter()
 
 
-class WebhookConflictError(RequestError):
-    """The request has a webhook but nothing to redeliver yet (409)."""
-
-    status_code = 409
-
-
-def _outbox(services: Services) -> WebhookOutbox:
-    # The same outbox the lifespan installed; install() is idempotent.
-    return install(services.store, services.settings)
+def _outbox(services: Services) -> OutboxRepository:
+    return services.store.outbox
 
 
 def _owned_job(request: Request, request_id: str) -> tuple[Services, Job]:
     services: Services = request.app.state.services
     key = services.auth(request)
     # Another key's request is as unknown as a missing one (404), so ids cannot be probed.
-    return services, services.store.get_job(request_id, key.id)
+    return services, services.store.jobs.get(request_id, key.id)
 
 
 def event_view(event: WebhookEvent) -> dict[str, Any]:
@@ -101,6 +94,6 @@ def redeliver_webhook(request: Request, request_id: str) -> JSONResponse:
     event = _outbox(services).redeliver(job.id)
     if event is None:
         if not job.status.terminal:
-            raise WebhookConflictError(f"Request '{job.id}' has not finished yet ({job.status.value}); no final event to redeliver")
-        raise WebhookConflictError(f"Request '{job.id}' has no final-status webhook event (its events filter excludes it)")
+            raise ConflictError(f"Request '{job.id}' has not finished yet ({job.status.value}); no final event to redeliver")
+        raise ConflictError(f"Request '{job.id}' has no final-status webhook event (its events filter excludes it)")
     return JSONResponse({"request_id": job.id, "event": event_view(event)}, status_code=202)

@@ -66,6 +66,8 @@ jobs = Table(
     Column("lease_expires_at", Float, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("progress", Float, nullable=False, default=0.0),
+    # What the progress is made of: {"step", "steps"} for a denoising loop, plus "loss" for a trainer.
+    Column("progress_detail", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("output", JSON, nullable=True),
     Column("webhook_url", Text, nullable=True),
@@ -101,7 +103,10 @@ webhook_events = Table(
     Column("target_url", Text, nullable=False),
     Column("event_type", String(32), nullable=False),
     Column("terminal", Boolean, nullable=False),
-    Column("payload", Text, nullable=False),
+    # The job as it was at the transition (without its request parameters); the deliverer renders
+    # the body from it. ``payload`` holds the rendered body of events recorded before 0003.
+    Column("payload", Text, nullable=True),
+    Column("job_snapshot", JSON, nullable=True),
     Column("state", String(16), nullable=False),  # pending | delivered | failed | dropped
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),
@@ -126,4 +131,59 @@ webhook_attempts = Table(
     Column("error", Text, nullable=True),
     Column("duration_ms", Float, nullable=False),
     Index("ix_webhook_attempts_job", "job_id"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(120), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("device", String(32), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("models", JSON, nullable=True),  # the model ids it serves; null = every model
+    Column("loaded", JSON, nullable=False),  # the model ids it holds in memory now
+    Column("state", String(16), nullable=False),  # starting | idle | busy | unhealthy | draining
+    Column("current_job", String(120), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Index("ix_workers_heartbeat", "heartbeat_at"),
+)
+
+# Token buckets of the per-key rate limit, shared by every API process and host.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Files a key uploaded (POST /v2/files): usable as inputs by that key until they expire.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("storage_key", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_uploads_key", "key_id"),
+    Index("ix_uploads_expires", "expires_at"),
+)
+
+# Every change made through the admin API or the operator's command line.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=True),
+    Column("detail", JSON, nullable=True),
+    Index("ix_audit_log_at", "at"),
 )

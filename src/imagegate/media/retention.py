@@ -2,7 +2,7 @@
 the job completed (0, the default, keeps them). The job keeps its record and output description;
 its media URLs answer 404 from then on, like a hosted API's expired result URLs.
 
-``imagegate serve`` runs :func:`purge_expired_media` hourly (:mod:`imagegate.housekeeping`).
+``imagegate serve`` runs :func:`purge_expired_media` hourly (:mod:`imagegate.runtime.housekeeping`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def purge_expired_media(store: JobStore, storage: Storage, retention_days: float
         return 0
     before = (time.time() if now is None else now) - retention_days * 86400.0
     purged = 0
-    while batch := store.jobs_with_expired_media(before):
+    while batch := store.jobs.with_expired_media(before):
         done = []
         for job_id, keys in batch:
             try:
@@ -37,7 +37,7 @@ def purge_expired_media(store: JobStore, storage: Storage, retention_days: float
                 log.warning("job %s: media not deleted yet (%s)", job_id, exc)
                 continue
             done.append(job_id)
-        store.mark_media_deleted(done)
+        store.jobs.mark_media_deleted(done)
         purged += len(done)
         if len(done) < len(batch):
             break  # the rest failed: try again at the next sweep rather than spin on them

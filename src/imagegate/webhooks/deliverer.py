@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import ipaddress
+import json
 import logging
 import random
 import ssl
@@ -30,8 +31,9 @@ import httpx
 
 from imagegate.config import Settings
 from imagegate.exceptions import InputError, ValidationError
+from imagegate.jobs.queue import Job
 from imagegate.jobs.store import JobStore
-from imagegate.webhooks.outbox import (
+from imagegate.jobs.outbox import (
     DELIVERED,
     DROPPED,
     FAILED,
@@ -39,8 +41,8 @@ from imagegate.webhooks.outbox import (
     PENDING,
     AttemptResult,
     WebhookEvent,
-    WebhookOutbox,
 )
+from imagegate.protocol import views
 from imagegate.webhooks.signing import SignatureError, sign
 from imagegate.webhooks.targets import check_webhook_url
 
@@ -201,7 +203,7 @@ class Deliverer:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.outbox = WebhookOutbox(store, settings)
+        self.outbox = store.outbox
         self.policy = policy or RetryPolicy()
         self.concurrency = max(1, concurrency)
         # Long enough for name resolution plus a full attempt; a deliverer that dies holds its
@@ -356,6 +358,14 @@ class Deliverer:
                 raise
             return addresses
 
+    def body(self, event: WebhookEvent) -> bytes:
+        """The event's body: rendered from the job's snapshot with this server's base URL (the
+        same bytes on every retry), or stored whole by an older release."""
+        if event.job_snapshot is None:
+            return (event.payload or "").encode("utf-8")
+        payload = views.webhook_payload(Job.from_snapshot(event.job_snapshot), self.settings.base_url)
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
     def _post(self, event: WebhookEvent) -> _Response:
         try:
             check_webhook_url(event.target_url, "webhook", self.settings)
@@ -373,9 +383,10 @@ class Deliverer:
         if scheme == "http" and not all(_is_loopback(address) for address in addresses):
             raise DeliveryRefused("target refused: plain http:// is only sent to loopback addresses")
         try:
-            secret = self.outbox.secret_for(event.key_id)
+            # Read at every attempt, so a rotated secret applies to retries too.
+            secret = self.store.keys.get(event.key_id).webhook_secret
             timestamp = int(time.time())
-            body = event.payload.encode("utf-8")
+            body = self.body(event)
             signature = sign(secret, event.id, timestamp, body)
         except SignatureError as exc:
             raise DeliveryRefused(f"cannot sign: {exc}") from exc

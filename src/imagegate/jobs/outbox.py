@@ -1,9 +1,11 @@
-"""The webhook outbox: ``WebhookOutbox`` owns every SQL statement on ``webhook_events`` and
-``webhook_attempts``, as ``JobStore`` owns the job SQL.
+"""The webhook outbox: every statement on ``webhook_events`` and ``webhook_attempts``.
 
-Events are written by a transition hook inside the job's own transaction, so an event exists if
-and only if its status change does; a separate deliverer (``imagegate.webhooks.deliverer``)
-sends them, so no receiver can slow a worker, a cancel or another delivery.
+The store records a request's events itself, in the transaction of the status change
+(:meth:`OutboxRepository.record`, called by :class:`~imagegate.jobs.queue.JobRepository` on every
+transition), so an event exists if and only if its status change does, whichever process made the
+change. An event holds a snapshot of the job as it was at that change; the deliverer
+(``imagegate.webhooks.deliverer``) renders the body from it with the protocol's views when it
+sends, so the store needs no URL and no settings of the API.
 
 Rules the SQL keeps, on SQLite and PostgreSQL alike:
 
@@ -11,32 +13,30 @@ Rules the SQL keeps, on SQLite and PostgreSQL alike:
   new id of a job is made greater than the job's previous one, whatever the clocks say.
 - An event is claimable only when no earlier event of the same job is still pending: the events
   of one request arrive in order.
-- A claim is one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN IMMEDIATE`` on the
-  store's SQLite engine) that sets a lease (``lease_expires_at``). The lease value is the
-  claim's fencing token: a deliverer that outlived its lease cannot overwrite the outcome of the
-  one that took over, and a deliverer killed mid-delivery leaves a pending event that is
-  claimed again once the lease expires.
+- A claim is one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN IMMEDIATE`` on
+  SQLite) that sets a lease (``lease_expires_at``). The lease value is the claim's fencing token:
+  a deliverer that outlived its lease cannot overwrite the outcome of the one that took over, and
+  a deliverer killed mid-delivery leaves a pending event that is claimed again once the lease
+  expires.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
-import weakref
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
 
-from imagegate.api import views
-from imagegate.config import Settings
 from imagegate.jobs import schema
+from imagegate.jobs.database import Database
 from imagegate.jobs.status import JobStatus
-from imagegate.jobs.store import Job, JobStore
+
+if TYPE_CHECKING:
+    from imagegate.jobs.queue import Job
 
 # Event types. The terminal ones are the lower-cased final status.
 QUEUED = "queued"
@@ -82,7 +82,8 @@ class WebhookEvent:
     target_url: str
     event_type: str
     terminal: bool
-    payload: str
+    payload: str | None  # the rendered body: events recorded before snapshots were kept
+    job_snapshot: dict[str, Any] | None  # the job at the transition; the body is rendered from it
     state: str
     attempts: int
     next_attempt_at: float
@@ -124,7 +125,7 @@ class AttemptResult:
     stop_request: bool = False  # 410: drop every other pending event of the request too
 
 
-def event_type_for(job: Job, previous: JobStatus | None) -> str | None:
+def event_type_for(job: "Job", previous: JobStatus | None) -> str | None:
     if job.status.terminal:
         return job.status.value.lower()
     if job.status is JobStatus.QUEUED and previous is None:
@@ -136,7 +137,7 @@ def event_type_for(job: Job, previous: JobStatus | None) -> str | None:
     return None
 
 
-def wanted(job: Job, event_type: str) -> bool:
+def wanted(job: "Job", event_type: str) -> bool:
     """Whether the job's webhook mode asks for this event type."""
     mode = job.webhook_mode
     if event_type == START and job.attempts > 1:
@@ -150,16 +151,6 @@ def wanted(job: Job, event_type: str) -> bool:
         asked = job.webhook_events or ["*"]
         return any(event_type in FILTER_EVENTS.get(str(name), frozenset()) for name in asked)
     return False
-
-
-def payload_for(job: Job, base_url: str) -> dict[str, Any]:
-    """The body: the status response of the protocol the job was submitted through."""
-    if job.webhook_mode == "batch":
-        # The checkStatus body has no id of its own; one receiver URL may serve many requests.
-        return {"requestId": job.id, **views.batch_status_view(job, base_url)}
-    if job.protocol == "dojo":
-        return views.dojo_job_view(job, base_url)
-    return views.status_view(job, base_url)
 
 
 def _id_time(event_id: str | None) -> int:
@@ -178,26 +169,23 @@ def new_event_id(previous_id: str | None) -> str:
     return f"msg_{stamp:016x}{os.urandom(8).hex()}"
 
 
-class WebhookOutbox:
-    def __init__(self, store: JobStore, settings: Settings) -> None:
-        self.store = store
-        self.settings = settings
-        self.engine = store.engine
-        self.postgres = store.dialect == "postgresql"
-
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def _read(self) -> Any:
-        # The store's read transactions: on SQLite they must not take the write lock.
-        return self.store.read()
+class OutboxRepository:
+    def __init__(self, db: Database, *, retry_seconds: float = 25 * 3600.0) -> None:
+        self.db = db
+        # How long a final-status event is retried (webhook_retry_hours).
+        self.retry_seconds = retry_seconds
 
     @property
-    def base_url(self) -> str:
-        return self.settings.base_url
+    def postgres(self) -> bool:
+        return self.db.postgres
 
-    # -- the transition hook (runs inside the job's transaction) ------------------------------
+    def _read(self) -> Any:
+        return self.db.read()
 
-    def on_transition(self, conn: Connection, job: Job, previous: JobStatus | None) -> None:
+    # -- recording (inside the job's transaction) -------------------------------------------
+
+    def record(self, conn: Connection, job: "Job", previous: JobStatus | None) -> None:
+        """Write the event this transition means for the job's webhook, if it asks for one."""
         if not job.webhook_url or not job.webhook_mode:
             return
         event_type = event_type_for(job, previous)
@@ -205,7 +193,7 @@ class WebhookOutbox:
             return
         e = _events
         now = time.time()
-        payload = json.dumps(payload_for(job, self.base_url), separators=(",", ":"), ensure_ascii=False)
+        snapshot = job.snapshot()
         latest = conn.execute(select(e).where(e.c.job_id == job.id).order_by(e.c.id.desc()).limit(1)).first()
         due = now
         created = now
@@ -221,7 +209,7 @@ class WebhookOutbox:
                 folded = conn.execute(
                     update(e)
                     .where(e.c.id == latest.id, e.c.state == PENDING, e.c.attempts == 0, e.c.lease_expires_at.is_(None))
-                    .values(payload=payload)
+                    .values(job_snapshot=snapshot)
                 ).rowcount
                 if folded:
                     return
@@ -261,7 +249,7 @@ class WebhookOutbox:
         gone = conn.execute(
             select(e.c.id).where(e.c.job_id == job.id, e.c.state == DROPPED, e.c.last_status_code == 410).limit(1)
         ).first()
-        window = self.settings.webhook_retry_hours * 3600.0 if terminal else INTERMEDIATE_WINDOW_SECONDS
+        window = self.retry_seconds if terminal else INTERMEDIATE_WINDOW_SECONDS
         conn.execute(
             e.insert().values(
                 id=new_event_id(latest.id if latest is not None else None),
@@ -270,7 +258,8 @@ class WebhookOutbox:
                 target_url=job.webhook_url,
                 event_type=event_type,
                 terminal=terminal,
-                payload=payload,
+                payload=None,
+                job_snapshot=snapshot,
                 state=DROPPED if gone else PENDING,
                 attempts=0,
                 next_attempt_at=due,
@@ -330,7 +319,7 @@ class WebhookOutbox:
             .values(lease_expires_at=lease, attempts=e.c.attempts + 1)
             .returning(*e.c)
         )
-        with self.engine.begin() as conn:
+        with self.db.transaction() as conn:
             rows = conn.execute(stmt).all()
         return sorted((WebhookEvent.from_row(r) for r in rows), key=lambda ev: ev.next_attempt_at)
 
@@ -358,7 +347,7 @@ class WebhookOutbox:
         )
         if result.state == DELIVERED:
             values["delivered_at"] = ended
-        with self.engine.begin() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 _attempts.insert().values(
                     event_id=event.id,
@@ -396,10 +385,6 @@ class WebhookOutbox:
                     .values(state=DROPPED, lease_expires_at=None, last_error=GONE_MESSAGE)
                 )
         return bool(owned)
-
-    def secret_for(self, key_id: str) -> str:
-        # Read at every attempt, so a rotated secret applies to retries too.
-        return self.store.get_key(key_id).webhook_secret
 
     # -- the API's side -----------------------------------------------------------------------
 
@@ -441,7 +426,7 @@ class WebhookOutbox:
         """
         e = _events
         now = time.time() if now is None else now
-        with self.engine.begin() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute(
                 select(e).where(e.c.job_id == job_id, e.c.terminal.is_(True)).order_by(e.c.id.desc()).limit(1)
             ).first()
@@ -454,7 +439,7 @@ class WebhookOutbox:
                     state=PENDING,
                     attempts=0,
                     next_attempt_at=now,
-                    deliver_until=now + self.settings.webhook_retry_hours * 3600.0,
+                    deliver_until=now + self.retry_seconds,
                     lease_expires_at=None,
                     delivered_at=None,
                 )
@@ -477,7 +462,7 @@ class WebhookOutbox:
         """Delete up to ``limit`` finished events whose last attempt ended before ``before``, with
         their attempts; returns how many events went. Pending events are never touched."""
         e, a = _events, _attempts
-        with self.engine.begin() as conn:
+        with self.db.transaction() as conn:
             ids = [
                 row.id
                 for row in conn.execute(
@@ -495,31 +480,3 @@ class WebhookOutbox:
             return int(conn.execute(select(sa.func.count()).select_from(e).where(e.c.state == PENDING)).scalar_one())
 
 
-_installed: "weakref.WeakKeyDictionary[JobStore, WebhookOutbox]" = weakref.WeakKeyDictionary()
-_install_lock = threading.Lock()
-
-
-def install(store: JobStore, settings: Settings) -> WebhookOutbox:
-    """Register the outbox's transition hook on ``store`` (once per store) and return the outbox.
-
-    Called by the API at startup and by every worker process. A second call for the same store
-    returns the same outbox, with the newer settings.
-    """
-    with _install_lock:
-        outbox = _installed.get(store)
-        if outbox is None:
-            outbox = WebhookOutbox(store, settings)
-            _installed[store] = outbox
-            store.add_transition_hook(outbox.on_transition)
-        else:
-            outbox.settings = settings
-        return outbox
-
-
-__all__ = [
-    "AttemptResult",
-    "WebhookAttempt",
-    "WebhookEvent",
-    "WebhookOutbox",
-    "install",
-]

@@ -148,12 +148,12 @@ class Worker:
         now = time.monotonic()
         if now - self._last_recover > RECOVER_EVERY_SECONDS:
             self._last_recover = now
-            self.store.recover_expired()
-        if not self.store.has_queued(self.model_ids):
+            self.store.jobs.recover_expired()
+        if not self.store.jobs.has_queued(self.model_ids):
             self.stopping.wait(self._idle)
             self._idle = min(self._idle * 1.5, IDLE_POLL_MAX_SECONDS)
             return None
-        job = self.store.claim(self.worker_id, self.settings.lease_seconds, self.model_ids)
+        job = self.store.jobs.claim(self.worker_id, self.settings.lease_seconds, self.model_ids)
         if job is not None:
             self._idle = self.settings.worker_poll_interval_s
         return job
@@ -191,7 +191,7 @@ class Worker:
             beat_stop.set()
             beat.join()
             try:
-                self.store.release_lease(job.id, self.worker_id)
+                self.store.jobs.release(job.id, self.worker_id)
             except DB_ERRORS as exc:
                 if not _db_unavailable(exc):
                     raise
@@ -219,7 +219,7 @@ class Worker:
         delay = DB_RETRY_FIRST_SECONDS
         while True:
             try:
-                done = self.store.finish(job.id, self.worker_id, status, output=output, error=error, charge_micros=charge)
+                done = self.store.jobs.finish(job.id, self.worker_id, status, output=output, error=error, charge_micros=charge)
             except DB_ERRORS as exc:
                 if not _db_unavailable(exc):
                     raise
@@ -241,7 +241,7 @@ class Worker:
         while not stop.wait(interval):
             progress = state.progress if state.progress != last_progress else None
             try:
-                result = self.store.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
+                result = self.store.jobs.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
             except DB_ERRORS as exc:
                 if not _db_unavailable(exc):
                     raise
@@ -463,11 +463,8 @@ def run_worker(settings: Settings, model_ids: list[str] | None = None) -> None:
     limit = apply_memory_limit(settings.worker_memory_limit_gb)
     if limit is not None:
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
-    store = JobStore(settings.resolved_database_url)
+    store = JobStore.from_settings(settings)
     store.migrate()
-    from imagegate.webhooks.outbox import install as install_webhooks
-
-    install_webhooks(store, settings)
     worker = Worker(settings, store, model_ids=model_ids)
     worker.install_signal_handlers()
     worker.run_forever()

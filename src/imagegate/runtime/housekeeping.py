@@ -1,7 +1,7 @@
 """Housekeeping in ``imagegate serve``: one background thread that, at start and then hourly,
 deletes what has outlived its retention: finished webhook deliveries (``webhook_retention_days``)
 and the output media of completed jobs (``media_retention_days``). Each sweep lives with what it
-cleans (:meth:`~imagegate.webhooks.outbox.WebhookOutbox.purge_expired`,
+cleans (:meth:`~imagegate.jobs.outbox.OutboxRepository.purge_expired`,
 :func:`~imagegate.media.retention.purge_expired_media`); this module only runs them.
 """
 
@@ -14,9 +14,8 @@ from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
 from imagegate.media.retention import purge_expired_media
 from imagegate.media.storage import Storage, open_storage
-from imagegate.webhooks.outbox import WebhookOutbox
 
-log = logging.getLogger("imagegate.housekeeping")
+log = logging.getLogger("imagegate.runtime.housekeeping")
 
 SWEEP_INTERVAL_SECONDS = 3600.0
 
@@ -26,7 +25,7 @@ def sweep(store: JobStore, settings: Settings, storage: Storage, now: float | No
     database restarting, the storage unreachable) is logged and waits for the next round."""
     counts: dict[str, int] = {}
     sweeps = {
-        "webhook deliveries": lambda: WebhookOutbox(store, settings).purge_expired(settings.webhook_retention_days, now),
+        "webhook deliveries": lambda: store.outbox.purge_expired(settings.webhook_retention_days, now),
         "jobs' media": lambda: purge_expired_media(store, storage, settings.media_retention_days, now),
     }
     for name, run in sweeps.items():

@@ -47,7 +47,7 @@ def _stop_when_orphaned(parent_pid: int) -> None:
 
 
 def _worker_main(settings_json: str, model_ids: list[str] | None, parent_pid: int | None = None) -> None:
-    from imagegate.jobs.worker import run_worker
+    from imagegate.runtime.worker import run_worker
 
     if parent_pid is not None:
         _stop_when_orphaned(parent_pid)

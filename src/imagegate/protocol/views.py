@@ -134,3 +134,13 @@ def dojo_submit_view(job: Job, base_url: str, balance_micros: int) -> dict[str, 
         "creditCost": to_credits(job.price_micros),
         "creditsRemaining": to_credits(balance_micros),
     }
+
+
+def webhook_payload(job: Job, base_url: str) -> dict[str, Any]:
+    """A webhook's body: the status response of the protocol the job was submitted through."""
+    if job.webhook_mode == "batch":
+        # The checkStatus body has no id of its own; one receiver URL may serve many requests.
+        return {"requestId": job.id, **batch_status_view(job, base_url)}
+    if job.protocol == "dojo":
+        return dojo_job_view(job, base_url)
+    return status_view(job, base_url)
