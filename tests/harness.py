@@ -204,3 +204,21 @@ def wait_status(client: httpx.Client, request_id: str, key: str, timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"{request_id} still {body['status']} after {timeout}s")
         time.sleep(0.05)
+
+
+# -- the worker registry ---------------------------------------------------------------------------
+
+
+def register_worker(store: Any, worker_id: str, *, heartbeat_age: float = 0.0, models: list[str] | None = None) -> None:
+    """A registry row as a worker process writes it (tests that claim jobs through the store act
+    as that worker); ``heartbeat_age`` backdates its heartbeat, as a worker that stopped would."""
+    from imagegate.jobs.workers import WorkerInfo, WorkerState
+
+    now = time.time()
+    store.workers.register(
+        WorkerInfo(
+            id=worker_id, host="test", pid=os.getpid(), device="cpu", gpu=None, version="test", models=models,
+            loaded=[], state=WorkerState.IDLE, current_job=None, last_error=None,
+            started_at=now - heartbeat_age, heartbeat_at=now - heartbeat_age,
+        )
+    )

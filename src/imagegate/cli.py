@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imagegate.api.app import create_app
-    from imagegate.runtime.supervisor import WorkerSupervisor
+    from imagegate.runtime.supervisor import WorkerSupervisor, worker_slots
     from imagegate.runtime.housekeeping import start_housekeeping_thread
     from imagegate.webhooks.deliverer import start_deliverer_thread
 
@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = _store(settings)
-    supervisor = WorkerSupervisor(settings, settings.embedded_workers) if settings.embedded_workers > 0 else None
+    slots = worker_slots(settings)
+    supervisor = WorkerSupervisor(settings, slots, store=store) if slots else None
     if supervisor:
         supervisor.start()
     thread, stop_deliverer = start_deliverer_thread(store, settings)
@@ -89,6 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # Pinned before anything below imports torch.
+    from imagegate.runtime.devices import pin_to_gpu
+
+    pin_to_gpu(args.gpu)
     from imagegate.runtime.worker import run_worker
 
     settings = _settings(args)
@@ -100,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if unknown:
             print(f"unknown model id(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
-    run_worker(settings, models)
+    run_worker(settings, models, gpu=args.gpu)
     return 0
 
 
@@ -174,6 +179,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database to this release's schema and exit (a deploy's first step)."""
+    from imagegate.jobs.migrations import current_revision
+
+    store = _store(_settings(args))
+    try:
+        print(f"database schema at revision {current_revision(store.engine)}")
+    finally:
+        store.dispose()
+    return 0
+
+
 def cmd_fixtures(args: argparse.Namespace) -> int:
     from imagegate.fixtures import build_all
 
@@ -203,8 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
 
+    p = with_config(sub.add_parser("migrate", help="migrate the database to this release's schema, then exit"))
+    p.set_defaults(func=cmd_migrate)
+
     p = with_config(sub.add_parser("worker", help="run a worker process"))
     p.add_argument("--models", help="comma-separated model ids this worker serves (default: all)")
+    p.add_argument("--gpu", type=int, help="the GPU this worker runs on (sets CUDA_VISIBLE_DEVICES; default: as the environment says)")
     p.set_defaults(func=cmd_worker)
 
     keys = with_config(sub.add_parser("keys", help="manage API keys and wallets"))
@@ -240,8 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from imagegate.exceptions import SchemaAheadError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SchemaAheadError as exc:
+        print(f"imagegate: refusing to start: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -41,13 +41,23 @@ class Settings(BaseSettings):
     port: int = 8000
 
     # API processes `imagegate serve` runs on the one listening socket (status polls and submits
-    # scale with them; each holds its own key cache and rate-limit buckets).
-    api_processes: int = 1
-    # Worker processes that `imagegate serve` starts beside the API (0 = run `imagegate worker`).
-    embedded_workers: int = 1
-    worker_poll_interval_s: float = 0.005
-    lease_seconds: float = 30.0
-    max_attempts: int = 3
+    # scale with them; rate limits and caches are shared through the database).
+    api_processes: int = Field(default=1, ge=1)
+    # Worker processes that `imagegate serve` starts beside the API on a machine without GPUs
+    # (0 = none: run `imagegate worker` yourself, on this or other machines).
+    embedded_workers: int = Field(default=1, ge=0)
+    # GPUs that get one embedded worker each: "all" (every GPU the machine has), a list of indices
+    # such as [0, 2], or [] (none: `embedded_workers` CPU workers).
+    gpus: Literal["all"] | list[int] = "all"
+    # A worker refreshes its registry row this often; one whose row is older than `lease_seconds`
+    # is stalled, and its job goes back to the queue (or ends ERROR after `max_attempts`).
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # Idle workers (and the webhook deliverer) look for work this often without a wake-up.
+    poll_fallback_seconds: float = Field(default=5.0, gt=0)
+    # Workers prefer jobs of the models they have loaded, unless a job has waited this long.
+    claim_affinity_seconds: float = Field(default=30.0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     memory_budget_gb: float = 0.0  # 0 = no limit on warm models

@@ -15,6 +15,7 @@ Hierarchy::
     │   ├── ConflictError            contradicts the current state (409)
     │   │   └── IdempotencyConflictError  same Idempotency-Key, different body (409)
     │   └── SyncTimeoutError         a synchronous request outlived its bound (504)
+    ├── SchemaAheadError             the database was migrated by a newer imagegate: refuse to start
     └── JobError                     a job cannot finish; recorded on the job, never escapes a worker
         ├── InputError               an input (URL, data URI, image) is unusable: job FAILED
         ├── SafetyError              reserved for safety-policy failures: job FAILED
@@ -107,6 +108,10 @@ class IdempotencyConflictError(ConflictError):
 
 class SyncTimeoutError(RequestError):
     """A synchronous request outlived its bound."""
+
+
+class SchemaAheadError(ImagegateError):
+    """The database's schema is newer than this code knows; the process refuses to start."""
 
 
 class JobError(ImagegateError):

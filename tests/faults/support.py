@@ -213,19 +213,19 @@ def check_books(store: JobStore, *, all_terminal: bool = True) -> dict[str, list
             assert job.price_micros == 0, f"{job.id} ({job.status.value}) costs {job.price_micros} but has no hold"
             continue
         assert kinds[0] == "hold" and kinds.count("hold") == 1, (job.id, kinds)
-        held = -rows[0]["amount_micros"]
+        held = -rows[0].amount_micros
         assert held > 0, (job.id, rows[0])
         if not job.status.terminal:
             assert kinds == ["hold"], (job.id, job.status.value, kinds)
             assert held == job.price_micros, job.id
         elif job.status in (JobStatus.ERROR, JobStatus.CANCELED):
             assert kinds == ["hold", "release"], (job.id, job.status.value, kinds)
-            assert rows[1]["amount_micros"] == held, (job.id, rows)
+            assert rows[1].amount_micros == held, (job.id, rows)
         elif kinds == ["hold", "capture"]:
             assert job.price_micros == held, (job.id, job.price_micros, held)
         else:
             assert kinds == ["hold", "release", "capture"], (job.id, job.status.value, kinds)
-            assert held - rows[1]["amount_micros"] == job.price_micros, (job.id, rows, job.price_micros)
+            assert held - rows[1].amount_micros == job.price_micros, (job.id, rows, job.price_micros)
     return stories
 
 

@@ -35,3 +35,43 @@ def test_an_existing_database_upgrades_in_place(tmp_path) -> None:
         columns = [row[1] for row in conn.exec_driver_sql("PRAGMA table_info(jobs)")]
     assert "media_deleted_at" in columns
     store.dispose()
+
+
+def test_a_process_older_than_the_schema_refuses_to_start(tmp_path) -> None:
+    import pytest
+
+    from imagegate.exceptions import SchemaAheadError
+
+    store = JobStore(f"sqlite:///{tmp_path / 'ahead.db'}")
+    store.migrate()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaAheadError, match="'9999'.*newer imagegate"):
+        store.migrate()
+    store.dispose()
+
+
+def test_ten_processes_starting_at_once_migrate_once(postgres_url: str, tmp_path) -> None:
+    """Ten `imagegate migrate` processes against an empty database: all succeed, the schema is
+    built once (under the advisory lock) and is exactly the declared one."""
+    import os
+    import subprocess
+    import sys
+
+    store = JobStore(postgres_url)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGATE_")}
+    env["IMAGEGATE_DATABASE_URL"] = postgres_url
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "imagegate.cli", "migrate"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(10)
+    ]
+    outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 10, outputs
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one() == 1
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, schema.metadata) == []
+    store.dispose()

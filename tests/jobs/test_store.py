@@ -12,6 +12,8 @@ from imagegate.exceptions import IdempotencyConflictError, InsufficientBalanceEr
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
 
+from harness import register_worker
+
 
 def new_job(key_id: str, price: int = 25_000, **kw: object) -> NewJob:
     return NewJob(key_id=key_id, model_id="flux-dev", protocol="queue", params={"prompt": "x"}, price_micros=price, max_attempts=kw.pop("max_attempts", 3), **kw)  # type: ignore[arg-type]
@@ -27,10 +29,10 @@ def test_hold_capture_release(store: JobStore) -> None:
     a, _ = store.jobs.submit(new_job(key.id))
     b, _ = store.jobs.submit(new_job(key.id))
     assert store.keys.get(key.id).balance_micros == 50_000
-    ja = store.jobs.claim("w", 30)
+    ja = store.jobs.claim("w")
     assert ja is not None and ja.id == a.id
     store.jobs.finish(a.id, "w", JobStatus.COMPLETED, output={"media": []})
-    jb = store.jobs.claim("w", 30)
+    jb = store.jobs.claim("w")
     assert jb is not None
     store.jobs.finish(b.id, "w", JobStatus.ERROR, error="boom")
     assert store.keys.get(key.id).balance_micros == 75_000
@@ -75,7 +77,7 @@ def test_claims_are_exclusive_under_concurrency(store: JobStore) -> None:
 
     def claimer(n: int) -> None:
         while True:
-            job = store.jobs.claim(f"w{n}", 30)
+            job = store.jobs.claim(f"w{n}")
             if job is None:
                 return
             with lock:
@@ -94,18 +96,21 @@ def test_claim_order_is_fifo_and_filters_models(store: JobStore) -> None:
     first, _ = store.jobs.submit(new_job(key.id, price=0))
     other, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
     second, _ = store.jobs.submit(new_job(key.id, price=0))
-    assert store.jobs.claim("w", 30, ["boogu-image"]).id == other.id  # type: ignore[union-attr]
-    assert store.jobs.claim("w", 30).id == first.id  # type: ignore[union-attr]
-    assert store.jobs.claim("w", 30).id == second.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w", ["boogu-image"]).id == other.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w").id == first.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w").id == second.id  # type: ignore[union-attr]
 
 
-def test_expired_lease_is_reclaimed_and_only_the_new_owner_finishes(store: JobStore) -> None:
+def test_a_stalled_workers_job_is_reclaimed_and_only_the_new_owner_finishes(store: JobStore) -> None:
     _, key = store.keys.create(balance_micros=100_000)
     job, _ = store.jobs.submit(new_job(key.id, max_attempts=2))
-    assert store.jobs.claim("dead", 0.01) is not None
-    time.sleep(0.05)
-    store.jobs.recover_expired()
-    again = store.jobs.claim("alive", 30)
+    register_worker(store, "dead")
+    assert store.jobs.claim("dead") is not None
+    assert store.jobs.recover_stalled(lease_seconds=30) == []  # its heartbeat is fresh
+    register_worker(store, "dead", heartbeat_age=60)
+    assert [j.id for j in store.jobs.recover_stalled(lease_seconds=30)] == [job.id]
+    assert store.workers.get("dead") is None  # forgotten with its jobs
+    again = store.jobs.claim("alive")
     assert again is not None and again.id == job.id and again.attempts == 2
     assert store.jobs.finish(job.id, "dead", JobStatus.COMPLETED) is None  # fenced out
     assert store.jobs.finish(job.id, "alive", JobStatus.COMPLETED).status is JobStatus.COMPLETED  # type: ignore[union-attr]
@@ -116,9 +121,8 @@ def test_expired_lease_is_reclaimed_and_only_the_new_owner_finishes(store: JobSt
 def test_too_many_attempts_end_in_error_not_charged(store: JobStore) -> None:
     _, key = store.keys.create(balance_micros=100_000)
     job, _ = store.jobs.submit(new_job(key.id, max_attempts=1))
-    store.jobs.claim("dead", 0.01)
-    time.sleep(0.05)
-    store.jobs.recover_expired()
+    store.jobs.claim("vanished")  # no registry row at all: a worker that died before registering
+    store.jobs.recover_stalled(lease_seconds=30)
     ended = store.jobs.get(job.id)
     assert ended.status is JobStatus.ERROR and "not charged" in (ended.error or "")
     assert store.keys.get(key.id).balance_micros == 100_000
@@ -131,11 +135,11 @@ def test_cancel_queued_releases_and_running_is_flagged(store: JobStore) -> None:
     running, _ = store.jobs.submit(new_job(key.id))
     canceled = store.jobs.cancel(queued.id, key.id)
     assert canceled.status is JobStatus.CANCELED
-    claimed = store.jobs.claim("w", 30)
+    claimed = store.jobs.claim("w")
     assert claimed is not None and claimed.id == running.id
     flagged = store.jobs.cancel(running.id, key.id)
     assert flagged.status is JobStatus.PROCESSING and flagged.cancel_requested
-    assert store.jobs.heartbeat(running.id, "w", 30) is True
+    assert store.jobs.holds(running.id, "w") is True
     store.jobs.finish(running.id, "w", JobStatus.CANCELED, error="Canceled by the client")
     assert store.keys.get(key.id).balance_micros == 100_000
     _, other = store.keys.create()
@@ -147,7 +151,7 @@ def test_cancel_queued_releases_and_running_is_flagged(store: JobStore) -> None:
 def test_partial_capture_releases_the_difference(store: JobStore) -> None:
     _, key = store.keys.create(balance_micros=100_000)
     job, _ = store.jobs.submit(new_job(key.id, price=10_000))
-    store.jobs.claim("w", 30)
+    store.jobs.claim("w")
     done = store.jobs.finish(job.id, "w", JobStatus.COMPLETED, charge_micros=5_000)
     assert done is not None and done.price_micros == 5_000
     assert store.keys.get(key.id).balance_micros == 95_000
@@ -214,3 +218,109 @@ def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
     for _ in range(6):  # every stale connection of the pool would fail a read without the retry
         assert store.jobs.get(job.id, key.id).status is JobStatus.QUEUED
         assert store.keys.authenticate(plaintext).id == key.id
+
+
+def test_claims_prefer_loaded_models_within_the_fairness_bound(store: JobStore) -> None:
+    _, key = store.keys.create()
+    cold, _ = store.jobs.submit(new_job(key.id, price=0))  # flux-dev, oldest
+    warm, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
+    # A worker holding boogu-image's weights takes its job first, although the flux-dev one is older.
+    assert store.jobs.claim("w", loaded=["boogu-image"], affinity_max_age=60).id == warm.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w", loaded=["boogu-image"], affinity_max_age=60).id == cold.id  # type: ignore[union-attr]
+    # Past the bound, age wins over warmth: a job does not starve behind warm ones.
+    old, _ = store.jobs.submit(new_job(key.id, price=0))
+    warm2, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
+    time.sleep(0.3)
+    assert store.jobs.claim("w", loaded=["boogu-image"], affinity_max_age=0.2).id == old.id  # type: ignore[union-attr]
+    assert store.jobs.claim("w", loaded=["boogu-image"], affinity_max_age=0.2).id == warm2.id  # type: ignore[union-attr]
+
+
+def test_queue_position_counts_the_jobs_ahead_of_the_same_model(store: JobStore) -> None:
+    _, key = store.keys.create()
+    a, _ = store.jobs.submit(new_job(key.id, price=0))
+    other, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="boogu-image", protocol="queue", params={}, price_micros=0, max_attempts=3))
+    b, _ = store.jobs.submit(new_job(key.id, price=0))
+    c, _ = store.jobs.submit(new_job(key.id, price=0))
+    assert [store.jobs.queue_position(store.jobs.get(j.id)) for j in (a, other, b, c)] == [0, 0, 1, 2]
+    store.jobs.cancel(a.id, key.id)
+    assert store.jobs.queue_position(store.jobs.get(c.id)) == 1
+    assert store.jobs.queue_position(store.jobs.get(a.id)) is None  # not queued any more
+
+
+def test_an_acknowledged_cancel_is_never_charged(store: JobStore) -> None:
+    """Both orders of a cancel racing the end of a job: flagged first, the job ends CANCELED
+    whatever the worker reports; ended first, the cancel answers the final status (charged)."""
+    _, key = store.keys.create(balance_micros=100_000)
+    job, _ = store.jobs.submit(new_job(key.id))
+    store.jobs.claim("w")
+    acknowledged = store.jobs.cancel(job.id, key.id)
+    assert acknowledged.status is JobStatus.PROCESSING and acknowledged.cancel_requested
+    done = store.jobs.finish(job.id, "w", JobStatus.COMPLETED, output={"media": []})
+    assert done is not None and done.status is JobStatus.CANCELED and done.output is None
+    assert store.keys.get(key.id).balance_micros == 100_000
+
+    late, _ = store.jobs.submit(new_job(key.id))
+    store.jobs.claim("w")
+    store.jobs.finish(late.id, "w", JobStatus.COMPLETED, output={"media": []})
+    answer = store.jobs.cancel(late.id, key.id)
+    assert answer.status is JobStatus.COMPLETED and not answer.cancel_requested
+    assert store.keys.get(key.id).balance_micros == 75_000
+    assert_balanced(store)
+
+
+def test_cancels_racing_finishes_never_charge_an_acknowledged_cancel(store: JobStore) -> None:
+    _, key = store.keys.create(balance_micros=10_000_000)
+    barrier = threading.Barrier(2)
+    outcomes = []
+    for _ in range(25):
+        job, _ = store.jobs.submit(new_job(key.id, price=1_000))
+        store.jobs.claim("w")
+        answers: dict[str, object] = {}
+
+        def cancel() -> None:
+            barrier.wait()
+            answers["cancel"] = store.jobs.cancel(job.id, key.id)
+
+        def finish() -> None:
+            barrier.wait()
+            answers["finish"] = store.jobs.finish(job.id, "w", JobStatus.COMPLETED, output={"media": []})
+
+        threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = store.jobs.get(job.id)
+        acknowledged = not answers["cancel"].status.terminal  # type: ignore[attr-defined]
+        outcomes.append(acknowledged)
+        if acknowledged:
+            assert final.status is JobStatus.CANCELED, "an acknowledged cancel was charged"
+        else:
+            assert final.status is JobStatus.COMPLETED and answers["cancel"].status is JobStatus.COMPLETED  # type: ignore[attr-defined]
+    assert_balanced(store)
+
+
+def test_the_rate_limit_bucket_is_shared_by_every_store(store: JobStore) -> None:
+    """Two stores on one database (two API processes) draw from one bucket per key."""
+    from imagegate.exceptions import RateLimitedError
+    from imagegate.jobs.keys import RateLimit
+
+    other = JobStore(store.url)
+    try:
+        _, key = store.keys.create()
+        limit = RateLimit(per_second=1.0, burst=4)
+        results = []
+        for i in range(6):
+            s = store if i % 2 else other
+            try:
+                s.jobs.submit(new_job(key.id, price=0), rate_limit=limit)
+                results.append("ok")
+            except RateLimitedError as exc:
+                results.append("429")
+                assert 0 < exc.retry_after <= 1.0
+        assert results == ["ok", "ok", "ok", "ok", "429", "429"]
+        assert len(store.jobs.list(key_id=key.id)) == 4  # refused submits queued nothing
+        time.sleep(1.1)
+        store.jobs.submit(new_job(key.id, price=0), rate_limit=limit)  # a token came back
+    finally:
+        other.dispose()

@@ -177,7 +177,7 @@ class Kit:
         return job
 
     def claim(self, job: Job) -> Job:
-        claimed = self.store.jobs.claim("worker-1", 60.0, model_ids=[job.model_id])
+        claimed = self.store.jobs.claim("worker-1", [job.model_id])
         assert claimed is not None and claimed.id == job.id
         return claimed
 

@@ -23,6 +23,8 @@ from imagegate.webhooks.deliverer import RetryPolicy
 from imagegate.jobs.outbox import DELIVERED, DROPPED, FAILED, PENDING
 from imagegate.webhooks.signing import SignatureError, verify
 
+from harness import register_worker
+
 from .conftest import OUTPUT, Kit, Receiver, Reply
 
 KitFactory = Callable[..., Kit]
@@ -85,7 +87,7 @@ def test_sync_mode_sends_every_status_throttled_progress_and_the_end(store: JobS
     receiver.wait_for(2)  # queued, start
     began = time.monotonic()
     for step in range(1, 31):  # 30 updates over ~1.5 s
-        assert kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=step / 40) is False
+        assert kit.store.jobs.progress(claimed.id, "worker-1", step / 40) is False
         time.sleep(0.05)
     updating = time.monotonic() - began
     kit.finish(claimed)
@@ -112,11 +114,11 @@ def test_a_reclaimed_job_starts_once(sqlite_store: JobStore, kit_factory: KitFac
     kit = kit_factory(sqlite_store)
     kit.deliverer()
     job = kit.submit(receiver.url(), mode)
-    first = kit.store.jobs.claim("worker-1", 0.05, model_ids=[job.model_id])
+    first = kit.store.jobs.claim("worker-1", [job.model_id])
     assert first is not None and first.id == job.id
-    time.sleep(0.1)
-    assert [j.id for j in kit.store.jobs.recover_expired()] == [job.id]
-    again = kit.store.jobs.claim("worker-2", 60.0, model_ids=[job.model_id])
+    register_worker(kit.store, "worker-1", heartbeat_age=120)  # it stopped heartbeating
+    assert [j.id for j in kit.store.jobs.recover_stalled(lease_seconds=60)] == [job.id]
+    again = kit.store.jobs.claim("worker-2", [job.model_id])
     assert again is not None and again.attempts == 2
     assert kit.store.jobs.finish(job.id, "worker-2", JobStatus.COMPLETED, output=OUTPUT) is not None
     kit.wait_state(job.id, "completed", DELIVERED)
@@ -137,7 +139,7 @@ def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver
         jobs.append(kit.submit(receiver.url(f"/case{i}"), "events", events))
     for job, (_events, end, _want) in zip(jobs, cases, strict=True):
         claimed = kit.claim(job)
-        kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+        kit.store.jobs.progress(claimed.id, "worker-1", 0.5)
         kit.finish(claimed, end, error=None if end is JobStatus.COMPLETED else "bad input")
     kit.deliverer()
     for i, (_events, _end, want) in enumerate(cases):
@@ -150,7 +152,7 @@ def test_events_filter(sqlite_store: JobStore, kit_factory: KitFactory, receiver
     everything = kit.submit(receiver.url("/all"), "events", ["*"])
     claimed = kit.claim(everything)
     receiver.wait_for(1, path="/all")
-    kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.5)
+    kit.store.jobs.progress(claimed.id, "worker-1", 0.5)
     receiver.wait_for(2, path="/all")
     kit.finish(claimed)
     got = receiver.wait_for(3, path="/all")
@@ -235,7 +237,7 @@ def test_410_stops_every_delivery_for_the_request(store: JobStore, kit_factory: 
     receiver.wait_for(1, path="/later")
     kit.wait_state(later.id, "queued", DROPPED)
     claimed = kit.claim(later)
-    kit.store.jobs.heartbeat(claimed.id, "worker-1", 60.0, progress=0.3)
+    kit.store.jobs.progress(claimed.id, "worker-1", 0.3)
     kit.finish(claimed)
     time.sleep(0.5)
     assert len(receiver.of("/waiting")) == 1 and len(receiver.of("/later")) == 1

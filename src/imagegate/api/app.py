@@ -36,10 +36,11 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         if store is None:
             store = JobStore.from_settings(settings)
             store.migrate()
-        app.state.services = Services.create(settings, store)
+        app.state.services = services = Services.create(settings, store)
         try:
             yield
         finally:
+            services.close()
             if own_store:
                 store.dispose()
 

@@ -10,8 +10,10 @@ from fastapi import Request
 from imagegate.catalog import Auth
 from imagegate.exceptions import AuthenticationError
 from imagegate.jobs.store import ApiKey, JobStore
+from imagegate.jobs.wakeups import Topic
 
-# A disabled or topped-up key is seen by the API within this many seconds.
+# A disabled or topped-up key is seen at once (its change is announced); without the
+# announcement, within this many seconds.
 CACHE_SECONDS = 1.0
 
 
@@ -30,10 +32,25 @@ def key_from_headers(request: Request, auth: Auth | None) -> str | None:
 
 
 class Authenticator:
+    """Keys from their header, cached for CACHE_SECONDS; a change to a key (disabled, topped up)
+    announced by any process drops it from every process's cache at once."""
+
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._lock = threading.Lock()
+        self._unsubscribe = store.wakeups.subscribe(self._on_wakeup)
+
+    def _on_wakeup(self, topic: str, value: str) -> None:
+        if topic == Topic.KEY:
+            with self._lock:
+                for plaintext in [p for p, (_, key) in self._cache.items() if key.id == value]:
+                    del self._cache[plaintext]
+        elif topic == Topic.ANY:
+            self.forget()
+
+    def close(self) -> None:
+        self._unsubscribe()
 
     def __call__(self, request: Request, auth: Auth | None = None) -> ApiKey:
         plaintext = key_from_headers(request, auth)

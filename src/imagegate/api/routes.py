@@ -68,21 +68,37 @@ def add_model_routes(app: FastAPI, schemas: dict[str, Any]) -> None:
 
 router = APIRouter()
 
+# How long a cancel of a running request waits for its worker to stop before answering 202.
+CANCEL_WAIT_SECONDS = 2.0
+
 
 @router.get("/v2/requests/status/{request_id}", tags=[STATUS_TAG], summary="Status of a request (queue protocol)")
 def request_status(request_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request)
     job = services.store.jobs.get(request_id, key.id)
-    return JSONResponse(views.status_view(job, services.base_url))
+    position = services.store.jobs.queue_position(job)
+    return JSONResponse(views.status_view(job, services.base_url, queue_position=position))
 
 
-@router.put("/v2/requests/{request_id}/cancel", tags=[STATUS_TAG], summary="Cancel a request")
-def cancel_request(request_id: str, request: Request) -> JSONResponse:
+@router.put(
+    "/v2/requests/{request_id}/cancel",
+    tags=[STATUS_TAG],
+    summary="Cancel a request",
+    responses={202: {"description": "Running: the cancel is acknowledged, the job stops at its next step and is not charged"}},
+)
+async def cancel_request(request_id: str, request: Request) -> JSONResponse:
+    """A queued request ends CANCELED at once (200). A running one is flagged: its worker stops
+    at its next step, and it is never charged, whatever it was doing when the flag was set; the
+    answer waits up to CANCEL_WAIT_SECONDS for it to end (200, CANCELED), else answers 202 with
+    the status so far. A request that had already ended answers 200 with its final status."""
     services = _services(request)
-    key = services.auth(request)
-    job = services.store.jobs.cancel(request_id, key.id)
-    return JSONResponse(views.status_view(job, services.base_url))
+    key = await run_in_threadpool(services.auth, request)
+    job = await run_in_threadpool(services.store.jobs.cancel, request_id, key.id)
+    if not job.status.terminal:
+        job = await services.waiter.until_end(job.id, CANCEL_WAIT_SECONDS) or job
+    code = 200 if job.status.terminal else 202
+    return JSONResponse(views.status_view(job, services.base_url), status_code=code)
 
 
 @router.get("/v2/account", tags=["account"], summary="The key's wallet balance in USD")

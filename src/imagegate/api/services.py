@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagegate.api.auth import Authenticator
-from imagegate.api.ratelimit import RateLimiter
 from imagegate.api.waiting import JobWaiter
 from imagegate.catalog import MODELS, ModelSpec
 from imagegate.config import Settings
 from imagegate.exceptions import ModelNotFoundError
+from imagegate.jobs.keys import RateLimit
 from imagegate.jobs.store import JobStore
+from imagegate.jobs.wakeups import Topic
 
 SWITCH_CACHE_SECONDS = 1.0
 
@@ -24,7 +25,7 @@ class Services:
     store: JobStore
     storage: Any
     auth: Authenticator
-    limiter: RateLimiter
+    rate_limit: RateLimit
     waiter: JobWaiter
     _switches: tuple[float, dict[str, bool]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -33,14 +34,25 @@ class Services:
     def create(cls, settings: Settings, store: JobStore) -> "Services":
         from imagegate.media.storage import open_storage
 
-        return cls(
+        services = cls(
             settings=settings,
             store=store,
             storage=open_storage(settings.resolved_storage_url),
             auth=Authenticator(store),
-            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            rate_limit=RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst),
             waiter=JobWaiter(store),
         )
+        store.wakeups.subscribe(services._on_wakeup)
+        return services
+
+    def _on_wakeup(self, topic: str, _value: str) -> None:
+        # An operator switched a model somewhere: read the switches again on the next request.
+        if topic in (Topic.MODELS, Topic.ANY):
+            self._switches = (0.0, {})
+
+    def close(self) -> None:
+        self.waiter.close()
+        self.auth.close()
 
     @property
     def base_url(self) -> str:

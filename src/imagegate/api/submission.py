@@ -1,14 +1,16 @@
 """The submit pipeline every generating endpoint shares, then the answer in its protocol.
 
-Order matters and is the same everywhere: authenticate (401/403), rate limit (429), model
-enabled (400/404), parse and validate the body (400), check the webhook (400), hold the price
-and insert the job in one transaction (402) — nothing is queued or charged before the last step.
+Order matters and is the same everywhere: authenticate (401/403), model enabled (400/404), parse
+and validate the body (400), check the webhook (400), then one transaction takes a token of the
+key's rate limit (429), holds the price (402) and inserts the job — nothing is queued, charged or
+counted against the limit before that last step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -121,7 +123,6 @@ def _request_hash(route: Route, body: Any) -> str:
 async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:
     services: Services = request.app.state.services
     key = await run_in_threadpool(services.auth, request, route.auth)
-    services.limiter.check(key.id)
     await run_in_threadpool(services.enabled_model, spec.id, spec.request_model_id)
     body = await read_json(request)
     params = spec.validate(body, route)
@@ -143,7 +144,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         request_hash=_request_hash(route, body) if idempotency_key else None,
         public_model_id=spec.request_model_id,
     )
-    job, _created = await run_in_threadpool(services.store.jobs.submit, new)
+    job, _created = await run_in_threadpool(partial(services.store.jobs.submit, new, rate_limit=services.rate_limit))
     return await respond(request, services, route, job, params)
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+
+_AFTER_COMMIT = "imagegate_after_commit"
 
 
 class Database:
@@ -58,12 +61,26 @@ class Database:
 
     @contextmanager
     def transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
-        """A write transaction: the caller's, when it passes one, or a new one committed on exit."""
+        """A write transaction: the caller's, when it passes one, or a new one committed on exit
+        (then the callbacks registered with :meth:`after_commit` run)."""
         if conn is not None:
             yield conn
             return
-        with self.engine.begin() as own:
-            yield own
+        with self.engine.connect() as own:
+            try:
+                with own.begin():
+                    yield own
+            finally:
+                # Committed: run them below; rolled back: drop them with the change.
+                callbacks = own.info.pop(_AFTER_COMMIT, [])
+        for callback in callbacks:
+            callback()
+
+    @staticmethod
+    def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the transaction that ``conn`` is in commits (dropped on rollback).
+        Only transactions opened by :meth:`transaction` run them."""
+        conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
     @contextmanager
     def read(self, conn: Connection | None = None) -> Iterator[Connection]:

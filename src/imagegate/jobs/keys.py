@@ -18,16 +18,27 @@ import sqlalchemy as sa
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from imagegate.exceptions import AuthenticationError, InsufficientBalanceError, KeyDisabledError, RequestNotFoundError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from imagegate.exceptions import (
+    AuthenticationError,
+    InsufficientBalanceError,
+    KeyDisabledError,
+    RateLimitedError,
+    RequestNotFoundError,
+)
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_token
 from imagegate.jobs.status import LedgerKind
+from imagegate.jobs.wakeups import Topic, Wakeups
 
 KEY_PREFIX = "ig_"
 
 _keys = schema.api_keys
 _ledger = schema.ledger
+_buckets = schema.rate_limits
 _KEY_BY_HASH = select(_keys).where(_keys.c.key_hash == sa.bindparam("key_hash"))
 
 
@@ -65,6 +76,18 @@ class LedgerEntry:
         )
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``per_second`` tokens a second, at most ``burst`` saved up."""
+
+    per_second: float
+    burst: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_second > 0
+
+
 def new_webhook_secret() -> str:
     # Standard Webhooks secrets are standard base64 (not URL-safe): libraries decode them that way.
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -75,8 +98,9 @@ def hash_key(plaintext: str) -> str:
 
 
 class KeyRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, wakeups: Wakeups) -> None:
         self.db = db
+        self.wakeups = wakeups
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -142,18 +166,21 @@ class KeyRepository:
         key = self.find(key_or_id)
         with self.db.transaction(conn) as conn:
             self._move(conn, key.id, LedgerKind.TOPUP, micros, None, time.time())
+            self.wakeups.publish(conn, Topic.KEY, key.id)
         return self.get(key.id)
 
     def set_disabled(self, key_or_id: str, disabled: bool = True) -> ApiKey:
         key = self.find(key_or_id)
         with self.db.transaction() as conn:
             conn.execute(update(_keys).where(_keys.c.id == key.id).values(disabled=disabled))
+            self.wakeups.publish(conn, Topic.KEY, key.id)
         return self.get(key.id)
 
     def rotate_webhook_secret(self, key_or_id: str) -> ApiKey:
         key = self.find(key_or_id)
         with self.db.transaction() as conn:
             conn.execute(update(_keys).where(_keys.c.id == key.id).values(webhook_secret=new_webhook_secret()))
+            self.wakeups.publish(conn, Topic.KEY, key.id)
         return self.get(key.id)
 
     # -- the ledger -------------------------------------------------------------------------------
@@ -174,6 +201,27 @@ class KeyRepository:
         """(key id, balance, ledger sum) for every key: the wallet invariant, for tests and checks."""
         for key in self.list():
             yield key.id, key.balance_micros, self.ledger_sum(key.id)
+
+    # -- the rate limit (inside the submit's transaction) -------------------------------------------
+
+    def take_token(self, conn: Connection, key_id: str, limit: RateLimit, now: float) -> None:
+        """Take one token from the key's bucket, or raise RateLimitedError. The bucket is a row
+        shared by every API process and host; one upsert refills and takes in one statement, and
+        a refusal rolls back with the transaction, so a refused request costs no token."""
+        if not limit.enabled:
+            return
+        b = _buckets
+        refill = b.c.tokens + (now - b.c.updated_at) * limit.per_second
+        capped = (sa.func.least if self.db.postgres else sa.func.min)(float(limit.burst), refill)
+        insert = (pg_insert if self.db.postgres else sqlite_insert)(b).values(
+            key_id=key_id, tokens=float(limit.burst) - 1.0, updated_at=now
+        )
+        stmt = insert.on_conflict_do_update(
+            index_elements=[b.c.key_id], set_={"tokens": capped - 1.0, "updated_at": now}
+        ).returning(b.c.tokens)
+        tokens = conn.execute(stmt).scalar_one()
+        if tokens < 0:
+            raise RateLimitedError(-tokens / limit.per_second)
 
     # -- a job's money (inside the job's transaction) ---------------------------------------------
 

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
 from imagegate.jobs.status import JobStatus
+from imagegate.jobs.wakeups import Topic, Wakeups
 
 if TYPE_CHECKING:
     from imagegate.jobs.queue import Job
@@ -170,8 +171,9 @@ def new_event_id(previous_id: str | None) -> str:
 
 
 class OutboxRepository:
-    def __init__(self, db: Database, *, retry_seconds: float = 25 * 3600.0) -> None:
+    def __init__(self, db: Database, wakeups: Wakeups, *, retry_seconds: float = 25 * 3600.0) -> None:
         self.db = db
+        self.wakeups = wakeups
         # How long a final-status event is retried (webhook_retry_hours).
         self.retry_seconds = retry_seconds
 
@@ -271,6 +273,8 @@ class OutboxRepository:
                 delivered_at=None,
             )
         )
+        if not gone:
+            self.wakeups.publish(conn, Topic.WEBHOOK)
 
     # -- the deliverer's side -----------------------------------------------------------------
 
@@ -296,6 +300,15 @@ class OutboxRepository:
         if lock and self.postgres:
             pick = pick.with_for_update(skip_locked=True, of=cand)
         return pick
+
+    def next_due_at(self) -> float | None:
+        """When the next pending event may be sent (its retry time, or when the lease of one in
+        flight runs out); None when nothing is pending. One read: the idle deliverer's clock."""
+        e = _events
+        due = sa.case((e.c.lease_expires_at > e.c.next_attempt_at, e.c.lease_expires_at), else_=e.c.next_attempt_at)
+        with self._read() as conn:
+            value = conn.execute(select(sa.func.min(due)).where(e.c.state == PENDING)).scalar()
+        return None if value is None else float(value)
 
     def has_due(self, now: float | None = None) -> bool:
         """A cheap read first, so an idle poll never takes SQLite's write lock."""

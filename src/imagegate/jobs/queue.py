@@ -6,8 +6,10 @@ Invariants, on SQLite and PostgreSQL alike:
   overdraw), captured when the job ends COMPLETED or FAILED, released when it ends ERROR or
   CANCELED.
 - A job is claimed in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises
-  writers with ``BEGIN IMMEDIATE``). Only the worker that holds the lease can finish a job, so a
-  job re-claimed after its lease expired cannot be finished twice.
+  writers with ``BEGIN IMMEDIATE``) and belongs to the claiming worker (``lease_owner``) for as
+  long as that worker's registry row heartbeats; the stalled-worker sweep frees the jobs of a
+  worker whose heartbeat expired. Only the owner can finish a job, so a job taken over by another
+  worker cannot be finished twice.
 - Every status change records its webhook event (:class:`~imagegate.jobs.outbox.OutboxRepository`)
   in its own transaction: an event exists if and only if its change does.
 """
@@ -27,9 +29,10 @@ from imagegate.exceptions import IdempotencyConflictError, RequestNotFoundError
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_request_id
-from imagegate.jobs.keys import KeyRepository
+from imagegate.jobs.keys import KeyRepository, RateLimit
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.status import JobStatus
+from imagegate.jobs.wakeups import Topic, Wakeups
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 CANCELED_MESSAGE = "Canceled by the client"
@@ -38,6 +41,14 @@ _jobs = schema.jobs
 _JOB_BY_ID = select(_jobs).where(_jobs.c.id == sa.bindparam("job_id"))
 _OWN_JOB_BY_ID = _JOB_BY_ID.where(_jobs.c.key_id == sa.bindparam("key_id"))
 _ANY_QUEUED = select(_jobs.c.id).where(_jobs.c.status == JobStatus.QUEUED.value).limit(1)
+_QUEUED_AHEAD = select(func.count()).where(
+    _jobs.c.status == JobStatus.QUEUED.value,
+    _jobs.c.model_id == sa.bindparam("model_id"),
+    sa.or_(
+        _jobs.c.created_at < sa.bindparam("created_at"),
+        and_(_jobs.c.created_at == sa.bindparam("created_at"), _jobs.c.id < sa.bindparam("job_id")),
+    ),
+)
 _ANY_QUEUED_FOR = (
     select(_jobs.c.id)
     .where(_jobs.c.status == JobStatus.QUEUED.value, _jobs.c.model_id.in_(sa.bindparam("model_ids", expanding=True)))
@@ -56,8 +67,7 @@ class Job:
     price_micros: int
     attempts: int
     max_attempts: int
-    lease_owner: str | None
-    lease_expires_at: float | None
+    lease_owner: str | None  # the worker running it (its registry row's id)
     cancel_requested: bool
     progress: float
     progress_detail: dict[str, Any] | None
@@ -120,38 +130,47 @@ def _not_found_if_unstorable(job_id: str) -> None:
 
 
 class JobRepository:
-    def __init__(self, db: Database, keys: KeyRepository, outbox: OutboxRepository) -> None:
+    def __init__(self, db: Database, keys: KeyRepository, outbox: OutboxRepository, wakeups: Wakeups) -> None:
         self.db = db
         self.keys = keys
         self.outbox = outbox
+        self.wakeups = wakeups
 
-    def _changed(self, conn: Connection, job: Job, previous: JobStatus | None) -> None:
-        """Everything a status change brings with it, in its transaction."""
-        self.outbox.record(conn, job, previous)
+    def _changed(self, conn: Connection, job: Job, previous: JobStatus | None, *, record: bool = True) -> None:
+        """Everything a change of a job brings with it, in its transaction: its webhook event and
+        the wake-ups of whoever waits for it (a worker for a queued job, a request for any)."""
+        if record:
+            self.outbox.record(conn, job, previous)
+        if job.status is JobStatus.QUEUED:
+            self.wakeups.publish(conn, Topic.QUEUED, job.model_id)
+        self.wakeups.publish(conn, Topic.CHANGED, job.id)
 
     # -- submit and read --------------------------------------------------------------------------
 
-    def submit(self, new: NewJob, conn: Connection | None = None) -> tuple[Job, bool]:
-        """Hold the price and insert the job in one transaction. Returns (job, created).
+    def submit(self, new: NewJob, conn: Connection | None = None, *, rate_limit: RateLimit | None = None) -> tuple[Job, bool]:
+        """Take a token of the key's rate limit, hold the price and insert the job, in one
+        transaction. Returns (job, created).
 
         With an idempotency key already used by this API key within 24 h, the original job is
         returned (created=False) when the body matches; a different body raises a conflict.
         """
         if conn is not None:
-            return self._submit_once(new, conn)
+            return self._submit_once(new, conn, rate_limit)
         for _ in range(3):
             try:
                 with self.db.transaction() as own:
-                    return self._submit_once(new, own)
+                    return self._submit_once(new, own, rate_limit)
             except IntegrityError:
                 # A concurrent submit with the same Idempotency-Key won the unique index; the
                 # next round finds its job.
                 continue
         raise IdempotencyConflictError("Idempotency-Key is being used by a concurrent request")
 
-    def _submit_once(self, new: NewJob, conn: Connection) -> tuple[Job, bool]:
+    def _submit_once(self, new: NewJob, conn: Connection, rate_limit: RateLimit | None) -> tuple[Job, bool]:
         now = time.time()
         t = _jobs
+        if rate_limit is not None:
+            self.keys.take_token(conn, new.key_id, rate_limit, now)
         if new.idempotency_key:
             row = conn.execute(select(t).where(t.c.key_id == new.key_id, t.c.idempotency_key == new.idempotency_key)).first()
             if row is not None:
@@ -212,14 +231,37 @@ class JobRepository:
 
     # -- the worker's side ------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, lease_seconds: float, model_ids: Iterable[str] | None = None) -> Job | None:
-        """Claim the oldest queued job in one statement, or return None."""
+    def claim(
+        self,
+        worker_id: str,
+        model_ids: Iterable[str] | None = None,
+        *,
+        loaded: Iterable[str] = (),
+        affinity_max_age: float = 0.0,
+    ) -> Job | None:
+        """Claim one queued job in one statement, or return None.
+
+        Jobs of the models in ``loaded`` (the worker has their weights in memory) come first, so a
+        mixed fleet does not swap weights for every job; that preference is bounded: a job that has
+        waited ``affinity_max_age`` seconds goes first whichever worker asks (if it serves the
+        model). Otherwise oldest first.
+        """
         t = _jobs
         now = time.time()
         pick = select(t.c.id).where(t.c.status == JobStatus.QUEUED.value)
         if model_ids is not None:
             pick = pick.where(t.c.model_id.in_(list(model_ids)))
-        pick = pick.order_by(t.c.created_at).limit(1)
+        warm = list(loaded)
+        if warm and affinity_max_age > 0:
+            rank = sa.case(
+                (t.c.created_at <= now - affinity_max_age, 0),
+                (t.c.model_id.in_(warm), 1),
+                else_=2,
+            )
+            pick = pick.order_by(rank, t.c.created_at)
+        else:
+            pick = pick.order_by(t.c.created_at)
+        pick = pick.limit(1)
         if self.db.postgres:
             pick = pick.with_for_update(skip_locked=True)
         stmt = (
@@ -228,8 +270,9 @@ class JobRepository:
             .values(
                 status=JobStatus.PROCESSING.value,
                 lease_owner=worker_id,
-                lease_expires_at=now + lease_seconds,
                 attempts=t.c.attempts + 1,
+                progress=0.0,
+                progress_detail=None,
                 started_at=func.coalesce(t.c.started_at, now),
                 updated_at=now,
             )
@@ -249,34 +292,34 @@ class JobRepository:
             return self.db.read_first(_ANY_QUEUED, {}) is not None
         return self.db.read_first(_ANY_QUEUED_FOR, {"model_ids": list(model_ids)}) is not None
 
-    def heartbeat(
-        self,
-        job_id: str,
-        worker_id: str,
-        lease_seconds: float,
-        progress: float | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> bool | None:
-        """Renew the lease (and record progress). Returns whether a cancel was requested, or None
-        if the lease is lost."""
+    def progress(self, job_id: str, worker_id: str, progress: float, detail: dict[str, Any] | None = None) -> bool | None:
+        """Record a running job's progress. Returns whether a cancel was requested, or None when
+        this worker no longer holds the job."""
         t = _jobs
-        now = time.time()
-        values: dict[str, Any] = {"lease_expires_at": now + lease_seconds}
-        if progress is not None:
-            values.update(progress=progress, progress_detail=detail, updated_at=now)
         with self.db.transaction() as conn:
             row = conn.execute(
                 update(t)
                 .where(t.c.id == job_id, t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value)
-                .values(**values)
+                .values(progress=progress, progress_detail=detail, updated_at=time.time())
                 .returning(*t.c)
             ).first()
             if row is None:
                 return None
             job = Job.from_row(row)
-            if progress is not None:
-                self._changed(conn, job, JobStatus.PROCESSING)
+            self._changed(conn, job, JobStatus.PROCESSING)
         return job.cancel_requested
+
+    def holds(self, job_id: str, worker_id: str, conn: Connection | None = None) -> bool | None:
+        """Whether a cancel was requested for the job this worker runs; None when it no longer
+        holds it (another worker took it over)."""
+        t = _jobs
+        with self.db.read(conn) as conn:
+            row = conn.execute(
+                select(t.c.cancel_requested).where(
+                    t.c.id == job_id, t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value
+                )
+            ).first()
+        return None if row is None else bool(row.cancel_requested)
 
     def finish(
         self,
@@ -290,6 +333,10 @@ class JobRepository:
     ) -> Job | None:
         """End a job and settle its hold. Returns None when this worker no longer holds the job.
 
+        A job whose cancel was acknowledged (``cancel_requested``) ends CANCELED, not charged,
+        whatever the worker reports: the cancel and this update serialise on the job's row, so a
+        cancel is either seen here or answered with the final status (see :meth:`cancel`).
+
         ``charge_micros`` (≤ the held price) settles a price that depended on the result; the
         difference is released in the same transaction.
         """
@@ -302,25 +349,32 @@ class JobRepository:
                 cond.append(t.c.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value]))
             else:
                 cond += [t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value]
+            current = select(t).where(and_(*cond))
+            if self.db.postgres:
+                # Serialises with a concurrent cancel on the row: either its flag is seen here,
+                # or the cancel runs after this commit and answers the final status.
+                current = current.with_for_update()
+            row = conn.execute(current).first()
+            if row is None:
+                return None
+            if row.cancel_requested:
+                status, output, error = JobStatus.CANCELED, None, CANCELED_MESSAGE
             row = conn.execute(
                 update(t)
-                .where(and_(*cond))
+                .where(t.c.id == job_id)
                 .values(
                     status=status.value,
                     output=output,
                     error=error,
                     progress=1.0 if status is JobStatus.COMPLETED else t.c.progress,
                     lease_owner=None,
-                    lease_expires_at=None,
                     updated_at=now,
                     completed_at=now,
                 )
                 .returning(*t.c)
-            ).first()
-            if row is None:
-                return None
+            ).one()
             job = Job.from_row(row)
-            if charge_micros is not None and status.charged and 0 <= charge_micros < job.price_micros:
+            if charge_micros is not None and job.status.charged and 0 <= charge_micros < job.price_micros:
                 self.keys.release(conn, job.key_id, job.price_micros - charge_micros, job.id, now)
                 row = conn.execute(update(t).where(t.c.id == job_id).values(price_micros=charge_micros).returning(*t.c)).one()
                 job = Job.from_row(row)
@@ -340,50 +394,79 @@ class JobRepository:
         """Put a running job back in the queue (graceful shutdown past its grace period)."""
         t = _jobs
         with self.db.transaction() as conn:
-            return bool(
-                conn.execute(
-                    update(t)
-                    .where(t.c.id == job_id, t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value)
-                    # Progress restarts with the next attempt; a queued job shows none.
-                    .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, progress=0.0, updated_at=time.time())
-                ).rowcount
-            )
+            row = conn.execute(
+                update(t)
+                .where(t.c.id == job_id, t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value)
+                # Progress restarts with the next attempt; a queued job shows none.
+                .values(status=JobStatus.QUEUED.value, lease_owner=None, progress=0.0, progress_detail=None, updated_at=time.time())
+                .returning(*t.c)
+            ).first()
+            if row is None:
+                return False
+            self._changed(conn, Job.from_row(row), JobStatus.PROCESSING)
+        return True
 
-    def cancel(self, job_id: str, key_id: str) -> Job:
-        """A queued job ends CANCELED now; a running one is flagged and stops at its next step."""
+    def cancel(self, job_id: str, key_id: str | None) -> Job:
+        """Cancel a job of ``key_id`` (any key's, with None: the operator).
+
+        A queued job ends CANCELED now. A running one is flagged (its worker stops at its next
+        step) and is then never charged: :meth:`finish` ends a flagged job CANCELED whatever its
+        outcome. A job that has already ended is returned as it is: its final status is the answer.
+        """
         _not_found_if_unstorable(job_id)
         t = _jobs
         now = time.time()
+        own = t.c.id == job_id if key_id is None else and_(t.c.id == job_id, t.c.key_id == key_id)
         with self.db.transaction() as conn:
-            row = conn.execute(select(t).where(t.c.id == job_id, t.c.key_id == key_id)).first()
-            if row is None:
-                raise RequestNotFoundError(f"Request '{job_id}' not found")
-            job = Job.from_row(row)
-            if job.status is JobStatus.QUEUED:
-                row = conn.execute(
-                    update(t)
-                    .where(t.c.id == job_id, t.c.status == JobStatus.QUEUED.value)
-                    .values(status=JobStatus.CANCELED.value, error=CANCELED_MESSAGE, updated_at=now, completed_at=now)
-                    .returning(*t.c)
-                ).first()
-                if row is not None:
-                    job = Job.from_row(row)
-                    self._settle(conn, job, now)
-                    self._changed(conn, job, JobStatus.QUEUED)
-                    return job
-            if job.status is JobStatus.PROCESSING or row is None:
-                conn.execute(update(t).where(t.c.id == job_id).values(cancel_requested=True, updated_at=now))
-            job = Job.from_row(conn.execute(select(t).where(t.c.id == job_id)).one())
-        return job
+            row = conn.execute(
+                update(t)
+                .where(own, t.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.CANCELED.value, error=CANCELED_MESSAGE, updated_at=now, completed_at=now)
+                .returning(*t.c)
+            ).first()
+            if row is not None:
+                job = Job.from_row(row)
+                self._settle(conn, job, now)
+                self._changed(conn, job, JobStatus.QUEUED)
+                return job
+            row = conn.execute(
+                update(t)
+                .where(own, t.c.status == JobStatus.PROCESSING.value)
+                .values(cancel_requested=True, updated_at=now)
+                .returning(*t.c)
+            ).first()
+            if row is not None:
+                job = Job.from_row(row)
+                self.wakeups.publish(conn, Topic.CANCEL, job.id)
+                self._changed(conn, job, JobStatus.PROCESSING, record=False)
+                return job
+            row = conn.execute(select(t).where(own)).first()
+        if row is None:
+            raise RequestNotFoundError(f"Request '{job_id}' not found")
+        return Job.from_row(row)
 
-    def recover_expired(self) -> list[Job]:
-        """Requeue running jobs whose worker vanished (lease expired); past max_attempts, ERROR."""
-        t = _jobs
-        now = time.time()
+    def recover_stalled(self, lease_seconds: float, now: float | None = None) -> list[Job]:
+        """The stalled-worker sweep: free the jobs of workers whose heartbeat is older than
+        ``lease_seconds`` (or that left no registry row at all), and forget those workers.
+
+        A freed job is queued again; one that has used up its attempts ends ERROR, and one whose
+        cancel was asked for ends CANCELED — neither is charged. A read comes first, so a sweep that
+        finds nothing never takes a write lock.
+        """
+        t, w = _jobs, schema.workers
+        now = time.time() if now is None else now
+        horizon = now - lease_seconds
+        live = select(w.c.id).where(w.c.heartbeat_at >= horizon)
+        orphaned = select(t).where(t.c.status == JobStatus.PROCESSING.value, t.c.lease_owner.not_in(live))
+        stale = select(w.c.id).where(w.c.heartbeat_at < horizon)
+        with self.db.read() as conn:
+            if conn.execute(orphaned.limit(1)).first() is None and conn.execute(stale.limit(1)).first() is None:
+                return []
         changed: list[Job] = []
         with self.db.transaction() as conn:
-            rows = conn.execute(select(t).where(t.c.status == JobStatus.PROCESSING.value, t.c.lease_expires_at < now)).all()
-            for row in rows:
+            if self.db.postgres:
+                orphaned = orphaned.with_for_update(skip_locked=True)
+            for row in conn.execute(orphaned).all():
                 job = Job.from_row(row)
                 if job.cancel_requested or job.attempts >= job.max_attempts:
                     final = JobStatus.CANCELED if job.cancel_requested else JobStatus.ERROR
@@ -392,27 +475,45 @@ class JobRepository:
                         if job.cancel_requested
                         else f"The worker running this job stopped responding {job.attempts} time(s); giving up (not charged)"
                     )
-                    new_row = conn.execute(
-                        update(t)
-                        .where(t.c.id == job.id, t.c.status == JobStatus.PROCESSING.value)
-                        .values(status=final.value, error=error, lease_owner=None, lease_expires_at=None, updated_at=now, completed_at=now)
-                        .returning(*t.c)
-                    ).first()
-                    if new_row is not None:
-                        done = Job.from_row(new_row)
-                        self._settle(conn, done, now)
-                        self._changed(conn, done, JobStatus.PROCESSING)
-                        changed.append(done)
+                    values: dict[str, Any] = dict(status=final.value, error=error, completed_at=now)
                 else:
-                    new_row = conn.execute(
-                        update(t)
-                        .where(t.c.id == job.id, t.c.status == JobStatus.PROCESSING.value)
-                        .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None, progress=0.0, updated_at=now)
-                        .returning(*t.c)
-                    ).first()
-                    if new_row is not None:
-                        changed.append(Job.from_row(new_row))
+                    values = dict(status=JobStatus.QUEUED.value, progress=0.0, progress_detail=None)
+                new_row = conn.execute(
+                    update(t)
+                    .where(t.c.id == job.id, t.c.status == JobStatus.PROCESSING.value, t.c.lease_owner == job.lease_owner)
+                    .values(lease_owner=None, updated_at=now, **values)
+                    .returning(*t.c)
+                ).first()
+                if new_row is None:
+                    continue
+                done = Job.from_row(new_row)
+                if done.status.terminal:
+                    self._settle(conn, done, now)
+                self._changed(conn, done, JobStatus.PROCESSING)
+                changed.append(done)
+            conn.execute(sa.delete(w).where(w.c.heartbeat_at < horizon))
         return changed
+
+    def queue_position(self, job: Job) -> int | None:
+        """How many queued jobs of the same model a worker would take before this one (FIFO per
+        model); None when the job is not queued."""
+        if job.status is not JobStatus.QUEUED:
+            return None
+        row = self.db.read_first(
+            _QUEUED_AHEAD, {"model_id": job.model_id, "created_at": job.created_at, "job_id": job.id}
+        )
+        return int(row[0]) if row is not None else 0
+
+    def queue_depths(self) -> dict[str, tuple[int, float]]:
+        """``{model: (queued jobs, oldest created_at)}``."""
+        t = _jobs
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(t.c.model_id, func.count(), func.min(t.c.created_at))
+                .where(t.c.status == JobStatus.QUEUED.value)
+                .group_by(t.c.model_id)
+            ).all()
+        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
     # -- media retention ----------------------------------------------------------------------------
 

@@ -62,8 +62,8 @@ jobs = Table(
     Column("price_micros", BigInteger, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False),
-    Column("lease_owner", String(80), nullable=True),
-    Column("lease_expires_at", Float, nullable=True),
+    # The worker running the job (its `workers` row): it owns the job while its heartbeat lives.
+    Column("lease_owner", String(120), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("progress", Float, nullable=False, default=0.0),
     # What the progress is made of: {"step", "steps"} for a denoising loop, plus "loss" for a trainer.
@@ -82,6 +82,7 @@ jobs = Table(
     # When the retention sweep deleted the job's output media (media_retention_days).
     Column("media_deleted_at", Float, nullable=True),
     Index("ix_jobs_claim", "status", "created_at"),
+    Index("ix_jobs_model_queue", "status", "model_id", "created_at"),
     Index("ix_jobs_key", "key_id", "created_at"),
     Index("ix_jobs_idempotency", "key_id", "idempotency_key", unique=True),
 )
@@ -139,7 +140,8 @@ workers = Table(
     Column("id", String(120), primary_key=True),
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("device", String(32), nullable=False),
+    Column("device", String(32), nullable=False),  # what its engines run on: cpu, cuda:0
+    Column("gpu", Integer, nullable=True),  # the physical GPU it is pinned to (CUDA_VISIBLE_DEVICES)
     Column("version", String(32), nullable=False),
     Column("models", JSON, nullable=True),  # the model ids it serves; null = every model
     Column("loaded", JSON, nullable=False),  # the model ids it holds in memory now

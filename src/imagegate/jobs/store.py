@@ -8,7 +8,8 @@ lives in a repository of this package; nothing above it writes SQL.
 - :attr:`JobStore.workers` — the worker registry (:mod:`imagegate.jobs.workers`)
 
 Repositories share the store's :class:`~imagegate.jobs.database.Database`; their write methods
-take an optional connection, so a caller can put several of them in one transaction.
+take an optional connection, so a caller can put several of them in one transaction. Changes are
+announced on :attr:`JobStore.wakeups` (:mod:`imagegate.jobs.wakeups`) with their commit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from imagegate.jobs.keys import ApiKey, KeyRepository, LedgerEntry
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.queue import Job, JobRepository, NewJob
 from imagegate.jobs.switches import ModelSwitchRepository
+from imagegate.jobs.wakeups import Wakeups
 from imagegate.jobs.workers import WorkerRepository
 
 if TYPE_CHECKING:
@@ -31,10 +33,11 @@ __all__ = ["ApiKey", "Job", "JobStore", "LedgerEntry", "NewJob"]
 class JobStore:
     def __init__(self, url: str, *, pool_size: int = 16, webhook_retry_hours: float = 25.0) -> None:
         self.db = Database(url, pool_size=pool_size)
-        self.keys = KeyRepository(self.db)
-        self.models = ModelSwitchRepository(self.db)
-        self.outbox = OutboxRepository(self.db, retry_seconds=webhook_retry_hours * 3600.0)
-        self.jobs = JobRepository(self.db, self.keys, self.outbox)
+        self.wakeups = Wakeups(self.db)
+        self.keys = KeyRepository(self.db, self.wakeups)
+        self.models = ModelSwitchRepository(self.db, self.wakeups)
+        self.outbox = OutboxRepository(self.db, self.wakeups, retry_seconds=webhook_retry_hours * 3600.0)
+        self.jobs = JobRepository(self.db, self.keys, self.outbox, self.wakeups)
         self.workers = WorkerRepository(self.db)
 
     @classmethod
@@ -61,4 +64,5 @@ class JobStore:
         self.db.migrate()
 
     def dispose(self) -> None:
+        self.wakeups.close()
         self.db.dispose()

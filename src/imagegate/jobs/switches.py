@@ -8,13 +8,15 @@ from sqlalchemy import select, update
 
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
+from imagegate.jobs.wakeups import Topic, Wakeups
 
 _states = schema.model_states
 
 
 class ModelSwitchRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, wakeups: Wakeups) -> None:
         self.db = db
+        self.wakeups = wakeups
 
     def set_enabled(self, model_id: str, enabled: bool) -> None:
         now = time.time()
@@ -24,6 +26,7 @@ class ModelSwitchRepository:
             ).rowcount
             if not done:
                 conn.execute(_states.insert().values(model_id=model_id, enabled=enabled, updated_at=now))
+            self.wakeups.publish(conn, Topic.MODELS)
 
     def all(self) -> dict[str, bool]:
         """Every switch an operator has set; a model without one is enabled."""

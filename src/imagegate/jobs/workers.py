@@ -35,6 +35,7 @@ class WorkerInfo:
     host: str
     pid: int
     device: str
+    gpu: int | None
     version: str
     models: list[str] | None
     loaded: list[str]
@@ -66,7 +67,7 @@ class WorkerRepository:
             conn.execute(delete(_workers).where(_workers.c.id == info.id))
             conn.execute(
                 _workers.insert().values(
-                    id=info.id, host=info.host, pid=info.pid, device=info.device, version=info.version,
+                    id=info.id, host=info.host, pid=info.pid, device=info.device, gpu=info.gpu, version=info.version,
                     models=info.models, loaded=info.loaded, state=info.state.value, current_job=info.current_job,
                     last_error=info.last_error, started_at=info.started_at, heartbeat_at=info.heartbeat_at,
                 )

@@ -37,8 +37,11 @@ def polling_url(base_url: str, job_id: str) -> str:
     return f"{base_url}/v2/requests/status/{job_id}"
 
 
-def status_view(job: Job, base_url: str, *, inline: list[str] | None = None) -> dict[str, Any]:
-    """The universal status object of the queue protocol (and its webhooks)."""
+def status_view(
+    job: Job, base_url: str, *, inline: list[str] | None = None, queue_position: int | None = None
+) -> dict[str, Any]:
+    """The universal status object of the queue protocol (and its webhooks). While the job is
+    queued, polls also carry ``queue_position`` (as fal's queue does)."""
     output = None
     if job.status is JobStatus.COMPLETED and job.output:
         output = {
@@ -47,7 +50,7 @@ def status_view(job: Job, base_url: str, *, inline: list[str] | None = None) -> 
             "has_nsfw_concepts": job.output.get("has_nsfw_concepts", []),
             "seed": job.output.get("seed"),
         }
-    return {
+    view = {
         "request_id": job.id,
         "status": job.status.value,
         "model_id": public_model_id(job),
@@ -58,6 +61,9 @@ def status_view(job: Job, base_url: str, *, inline: list[str] | None = None) -> 
         "updated_at": iso(job.updated_at),
         "completed_at": iso(job.completed_at),
     }
+    if queue_position is not None:
+        view["queue_position"] = queue_position
+    return view
 
 
 def data_uris(job: Job, storage: Any) -> list[str]:

@@ -1,5 +1,6 @@
-"""Housekeeping in ``imagegate serve``: one background thread that, at start and then hourly,
-deletes what has outlived its retention: finished webhook deliveries (``webhook_retention_days``)
+"""Housekeeping in ``imagegate serve``: one background thread that frees the jobs of stalled
+workers (the stalled-worker sweep) and, at start and then hourly, deletes what has outlived its
+retention: finished webhook deliveries (``webhook_retention_days``)
 and the output media of completed jobs (``media_retention_days``). Each sweep lives with what it
 cleans (:meth:`~imagegate.jobs.outbox.OutboxRepository.purge_expired`,
 :func:`~imagegate.media.retention.purge_expired_media`); this module only runs them.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
@@ -39,14 +41,33 @@ def sweep(store: JobStore, settings: Settings, storage: Storage, now: float | No
     return counts
 
 
+def sweep_stalled_workers(store: JobStore, settings: Settings) -> int:
+    """Free the jobs of workers whose heartbeat expired; returns how many jobs it moved."""
+    try:
+        freed = store.jobs.recover_stalled(settings.lease_seconds)
+    except Exception:
+        log.exception("stalled-worker sweep failed")
+        return 0
+    for job in freed:
+        log.warning("job %s: its worker stopped heartbeating; now %s", job.id, job.status.value)
+    return len(freed)
+
+
 def start_housekeeping_thread(store: JobStore, settings: Settings) -> tuple[threading.Thread, threading.Event]:
+    """Retention sweeps at start and hourly; the stalled-worker sweep every third of a lease (a
+    read that finds nothing costs one statement)."""
     stop = threading.Event()
     storage = open_storage(settings.resolved_storage_url)
+    stalled_every = max(1.0, settings.lease_seconds / 3.0)
 
     def run() -> None:
+        next_retention = 0.0
         while not stop.is_set():
-            sweep(store, settings, storage)
-            stop.wait(SWEEP_INTERVAL_SECONDS)
+            if time.monotonic() >= next_retention:
+                sweep(store, settings, storage)
+                next_retention = time.monotonic() + SWEEP_INTERVAL_SECONDS
+            sweep_stalled_workers(store, settings)
+            stop.wait(stalled_every)
 
     thread = threading.Thread(target=run, name="imagegate-housekeeping", daemon=True)
     thread.start()

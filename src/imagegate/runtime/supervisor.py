@@ -16,10 +16,15 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from imagegate.config import Settings
+from imagegate.jobs.ids import new_token
+from imagegate.jobs.store import JobStore
+from imagegate.runtime.devices import pin_to_gpu, worker_gpus
 
 log = logging.getLogger("imagegate.supervisor")
 
@@ -46,25 +51,62 @@ def _stop_when_orphaned(parent_pid: int) -> None:
     threading.Thread(target=watch, name="imagegate-parent-watch", daemon=True).start()
 
 
-def _worker_main(settings_json: str, model_ids: list[str] | None, parent_pid: int | None = None) -> None:
+def _worker_main(
+    settings_json: str, model_ids: list[str] | None, parent_pid: int | None, worker_id: str, gpu: int | None
+) -> None:
+    # Pinned before anything imports torch: this is a fresh (spawned) interpreter.
+    pin_to_gpu(gpu)
     from imagegate.runtime.worker import run_worker
 
     if parent_pid is not None:
         _stop_when_orphaned(parent_pid)
-    run_worker(Settings.model_validate_json(settings_json), model_ids)
+    run_worker(Settings.model_validate_json(settings_json), model_ids, worker_id=worker_id, gpu=gpu)
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """What one embedded worker process is given: its GPU (None: the CPU)."""
+
+    gpu: int | None
+
+
+def worker_slots(settings: Settings) -> list[WorkerSlot]:
+    """One worker per selected GPU; without GPUs, ``embedded_workers`` CPU workers."""
+    if settings.embedded_workers <= 0:
+        return []
+    gpus = worker_gpus(settings.gpus)
+    if gpus:
+        return [WorkerSlot(gpu) for gpu in gpus]
+    return [WorkerSlot(None) for _ in range(settings.embedded_workers)]
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings, count: int, model_ids: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        slots: list[WorkerSlot],
+        model_ids: list[str] | None = None,
+        *,
+        store: JobStore | None = None,
+    ) -> None:
         self.settings = settings
-        self.count = count
+        self.slots = slots
         self.model_ids = model_ids
+        # With the store, a worker that dies leaves the registry at once and its job is queued
+        # again right away, instead of when its heartbeat expires.
+        self.store = store
+        count = len(slots)
         self._ctx = mp.get_context("spawn")
         self._procs: list[mp.process.BaseProcess | None] = [None] * count
+        self._ids: list[str] = [""] * count
         self._failures = [0] * count
         self._started_at = [0.0] * count
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    @property
+    def count(self) -> int:
+        return len(self.slots)
 
     def start(self) -> None:
         for i in range(self.count):
@@ -72,15 +114,31 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self, i: int) -> None:
+        slot = self.slots[i]
+        worker_id = f"{socket.gethostname()}-w{i}-{new_token(4)}"
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings.model_dump_json(), self.model_ids, os.getpid()),
+            args=(self.settings.model_dump_json(), self.model_ids, os.getpid(), worker_id, slot.gpu),
             name=f"imagegate-worker-{i}",
         )
         proc.start()
         self._procs[i] = proc
+        self._ids[i] = worker_id
         self._started_at[i] = time.monotonic()
-        log.info("started worker process %s (pid %s)", i, proc.pid)
+        where = f"GPU {slot.gpu}" if slot.gpu is not None else "the CPU"
+        log.info("started worker process %s (pid %s, %s, id %s)", i, proc.pid, where, worker_id)
+
+    def _forget(self, i: int) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.workers.deregister(self._ids[i])
+            freed = self.store.jobs.recover_stalled(self.settings.lease_seconds)
+        except Exception as exc:  # the database may be down too; the sweep will catch up
+            log.warning("could not release the jobs of worker process %s yet: %s", i, exc)
+            return
+        for job in freed:
+            log.info("job %s of the dead worker: %s", job.id, job.status.value)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
@@ -91,6 +149,7 @@ class WorkerSupervisor:
                     self._failures[i] = 0
                 delay = RESTART_BACKOFF_SECONDS[min(self._failures[i], len(RESTART_BACKOFF_SECONDS) - 1)]
                 log.warning("worker process %s exited with %s; restarting in %ss", i, proc.exitcode, delay)
+                self._forget(i)
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return

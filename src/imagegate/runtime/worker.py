@@ -33,6 +33,7 @@ from PIL import Image
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from imagegate import __version__
 from imagegate.billing.pricing import final_price_for
 from imagegate.catalog import MODELS, InputKind, ModelSpec, OutputOptions
 from imagegate.config import Settings
@@ -47,16 +48,21 @@ from imagegate.exceptions import (
 from imagegate.jobs.ids import new_token
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, JobStore
+from imagegate.jobs.wakeups import Topic
+from imagegate.jobs.workers import WorkerInfo, WorkerState
+from imagegate.runtime.devices import pin_to_gpu, worker_device
 
 log = logging.getLogger("imagegate.worker")
 
 MAX_DATASET_IMAGES = 200
-RECOVER_EVERY_SECONDS = 1.0
-# An idle worker checks for work at least this often: the bound on enqueue-to-start latency.
-IDLE_POLL_MAX_SECONDS = 0.02
 # Back-off while the database is unreachable.
 DB_RETRY_FIRST_SECONDS = 0.2
 DB_RETRY_MAX_SECONDS = 5.0
+# Back-off after a failure of the loop itself (a bug, a schema problem): unhealthy meanwhile.
+LOOP_RETRY_FIRST_SECONDS = 1.0
+LOOP_RETRY_MAX_SECONDS = 30.0
+# A running job's progress reaches the store (and its watchers) at most this often.
+PROGRESS_WRITE_SECONDS = 0.25
 
 # Caught around every database call of the loop, the heartbeat and the outcome; only the errors
 # that _db_unavailable() accepts are retried, anything else (a bug) still propagates.
@@ -87,9 +93,14 @@ class _RunState:
     abort: bool = False
     lost: bool = False
     progress: float = 0.0
+    detail: dict[str, Any] | None = None
+    reported: float = -1.0  # the progress last written
 
 
 class Worker:
+    """One worker process's loop. Threads: the loop (claims and runs jobs, one at a time), the
+    reporter (heartbeat, progress, the stalled-worker sweep) and the store's wake-up listener."""
+
     def __init__(
         self,
         settings: Settings,
@@ -97,6 +108,7 @@ class Worker:
         *,
         model_ids: list[str] | None = None,
         worker_id: str | None = None,
+        gpu: int | None = None,
     ) -> None:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
@@ -105,11 +117,13 @@ class Worker:
         self.settings = settings
         self.store = store
         self.model_ids = model_ids
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token(4)}"
+        self.worker_id = worker_id or new_worker_id()
+        self.gpu = gpu
+        self.device = worker_device(settings.device, gpu)
         self.storage = open_storage(settings.resolved_storage_url)
         self.fetcher = InputFetcher.from_settings(settings)
         self.manager = ModelManager(
-            device=settings.device,
+            device=self.device,
             dtype=settings.dtype,
             memory_budget_bytes=int(settings.memory_budget_gb * 2**30),
             engine_options=settings.engine_options,
@@ -117,52 +131,152 @@ class Worker:
         self._safety: Any = None
         self.stopping = threading.Event()
         self._state: _RunState | None = None
-        self._last_recover = 0.0
-        self._idle = settings.worker_poll_interval_s
+        self._wake = threading.Event()
+        self._report = threading.Event()
+        self._health = WorkerState.STARTING
+        self._last_error: str | None = None
+        self._unsubscribe: Any = None
+
+    # -- registry and wake-ups ----------------------------------------------------------------------
+
+    def info(self) -> WorkerInfo:
+        now = time.time()
+        return WorkerInfo(
+            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), device=self.device, gpu=self.gpu,
+            version=__version__, models=self.model_ids, loaded=self.loaded_models(), state=self.state,
+            current_job=self._state.job.id if self._state else None, last_error=self._last_error,
+            started_at=now, heartbeat_at=now,
+        )
+
+    @property
+    def state(self) -> WorkerState:
+        if self._health is WorkerState.UNHEALTHY or self._health is WorkerState.STARTING:
+            return self._health
+        if self.stopping.is_set():
+            return WorkerState.DRAINING
+        return WorkerState.BUSY if self._state is not None else WorkerState.IDLE
+
+    def serves(self, model_id: str) -> bool:
+        return self.model_ids is None or model_id in self.model_ids
+
+    def loaded_models(self) -> list[str]:
+        """The served model ids whose weights this worker holds now (several endpoints may share
+        one set of weights)."""
+        warm = {(e.engine_key, e.source) for e in self.manager.loaded()}
+        return sorted(
+            spec.id for spec in MODELS.values() if self.serves(spec.id) and (spec.engine_key, self._source(spec)) in warm
+        )
+
+    def _source(self, spec: ModelSpec) -> str:
+        return self.settings.model(spec.id).weights or spec.default_weights
+
+    def _on_wakeup(self, topic: str, value: str) -> None:
+        # Runs on the listener thread: only set flags.
+        if topic == Topic.QUEUED and self.serves(value) or topic == Topic.ANY:
+            self._wake.set()
+        elif topic == Topic.CANCEL:
+            state = self._state
+            if state is not None and state.job.id == value:
+                state.cancel = True
+
+    def _register(self) -> None:
+        delay = DB_RETRY_FIRST_SECONDS
+        while not self.stopping.is_set():
+            try:
+                self.store.workers.register(self.info())
+                return
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                log.warning("could not register (%s); retrying in %.1f s", _short(exc), delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
-        log.info("worker %s started (models: %s)", self.worker_id, self.model_ids or "all")
-        self._idle = self.settings.worker_poll_interval_s
-        db_retry = DB_RETRY_FIRST_SECONDS
-        while not self.stopping.is_set():
+        """Claim and run jobs until asked to stop. A failure of the loop itself (not of a job) is
+        logged, reported in the registry (state ``unhealthy``) and retried after a back-off that
+        grows to LOOP_RETRY_MAX_SECONDS, so it can never become a silent crash loop."""
+        log.info("worker %s started on %s (models: %s)", self.worker_id, self.device, self.model_ids or "all")
+        self._unsubscribe = self.store.wakeups.subscribe(self._on_wakeup)
+        self._register()
+        reporter = threading.Thread(target=self._reporter, name="imagegate-worker-reporter", daemon=True)
+        reporter.start()
+        self._health = WorkerState.IDLE
+        failures = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    job = self._next_job()
+                    if job is not None:
+                        self.run_job(job)
+                except DB_ERRORS as exc:
+                    if not _db_unavailable(exc):
+                        failures = self._loop_failed(exc, failures)
+                        continue
+                    # A claim that committed but whose answer was lost leaves a job owned by this
+                    # worker and run by no code: the stalled sweep frees it once we stop
+                    # heartbeating (a restart), or it waits for the database to come back here.
+                    delay = min(DB_RETRY_FIRST_SECONDS * 2**failures, DB_RETRY_MAX_SECONDS)
+                    log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), delay)
+                    failures += 1
+                    self.stopping.wait(delay)
+                    continue
+                except Exception as exc:
+                    failures = self._loop_failed(exc, failures)
+                    continue
+                if failures:
+                    log.info("worker %s is healthy again", self.worker_id)
+                    failures = 0
+                    self._health = WorkerState.IDLE
+                    self._last_error = None
+                    self._report.set()
+        finally:
+            self._report.set()
+            reporter.join(5)
+            if self._unsubscribe:
+                self._unsubscribe()
             try:
-                job = self._next_job()
+                self.store.workers.deregister(self.worker_id)
             except DB_ERRORS as exc:
-                if not _db_unavailable(exc):
-                    raise
-                # A claim that committed but whose answer was lost leaves a job leased to no
-                # running code: its lease expires and recover_expired() puts it back.
-                log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), db_retry)
-                self.stopping.wait(db_retry)
-                db_retry = min(db_retry * 2, DB_RETRY_MAX_SECONDS)
-                continue
-            db_retry = DB_RETRY_FIRST_SECONDS
-            if job is not None:
-                self.run_job(job)
+                log.warning("could not deregister (%s); the stalled sweep will", _short(exc))
         log.info("worker %s stopped", self.worker_id)
 
+    def _loop_failed(self, exc: BaseException, failures: int) -> int:
+        delay = min(LOOP_RETRY_FIRST_SECONDS * 2**failures, LOOP_RETRY_MAX_SECONDS)
+        log.exception("worker %s: its loop failed (%s); unhealthy, retrying in %.1f s", self.worker_id, _short(exc), delay)
+        self._health = WorkerState.UNHEALTHY
+        self._last_error = _short(exc)
+        self._report.set()
+        self.stopping.wait(delay)
+        return failures + 1
+
     def _next_job(self) -> Job | None:
-        """Recover expired leases now and then, and claim the next job (None: idle or lost a race)."""
-        now = time.monotonic()
-        if now - self._last_recover > RECOVER_EVERY_SECONDS:
-            self._last_recover = now
-            self.store.jobs.recover_expired()
-        if not self.store.jobs.has_queued(self.model_ids):
-            self.stopping.wait(self._idle)
-            self._idle = min(self._idle * 1.5, IDLE_POLL_MAX_SECONDS)
-            return None
-        job = self.store.jobs.claim(self.worker_id, self.settings.lease_seconds, self.model_ids)
-        if job is not None:
-            self._idle = self.settings.worker_poll_interval_s
-        return job
+        """Claim the next job, or wait for a wake-up (or the fallback poll) and return None."""
+        woken = self._wake.is_set()
+        self._wake.clear()
+        # Woken for a job this worker serves: claim straight away. Otherwise a cheap read first,
+        # so idle workers never take a write lock for nothing.
+        if woken or self.store.jobs.has_queued(self.model_ids):
+            job = self.store.jobs.claim(
+                self.worker_id,
+                self.model_ids,
+                loaded=self.loaded_models(),
+                affinity_max_age=self.settings.claim_affinity_seconds,
+            )
+            if job is not None:
+                self._wake.set()  # there may be more: look again right after this one
+                return job
+        self._wake.wait(self.settings.poll_fallback_seconds)
+        return None
 
     def request_stop(self) -> None:
         """Graceful stop: the running job may finish within the grace period; queued jobs stay."""
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self._wake.set()
         state = self._state
         if state is not None:
             def abort_later() -> None:
@@ -177,33 +291,96 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.request_stop())
 
+    # -- the reporter: heartbeat, progress, sweep --------------------------------------------------
+
+    def _reporter(self) -> None:
+        """Heartbeats every ``heartbeat_seconds``, writes progress as it moves (at most every
+        PROGRESS_WRITE_SECONDS), runs the stalled-worker sweep every ``lease_seconds``. While the
+        database is unreachable the job goes on; past ``lease_seconds`` without a heartbeat its job
+        counts as taken over (another worker may hold it by then) and stops at its next step."""
+        settings = self.settings
+        last_beat = last_progress = last_sweep = time.monotonic()
+        confirmed = time.monotonic()
+        warned = 0.0
+        while True:
+            stopping = self.stopping.is_set() and self._state is None
+            self._report.wait(min(settings.heartbeat_seconds, PROGRESS_WRITE_SECONDS))
+            self._report.clear()
+            now = time.monotonic()
+            state = self._state
+            try:
+                if state is not None and state.progress != state.reported and now - last_progress >= PROGRESS_WRITE_SECONDS:
+                    last_progress = now
+                    result = self.store.jobs.progress(state.job.id, self.worker_id, state.progress, state.detail)
+                    state.reported = state.progress
+                    self._took(state, result)
+                    confirmed = now
+                if now - last_beat >= settings.heartbeat_seconds or stopping:
+                    last_beat = now
+                    self._heartbeat(state)
+                    confirmed = now
+                if now - last_sweep >= settings.lease_seconds:
+                    last_sweep = now
+                    self.store.jobs.recover_stalled(settings.lease_seconds)
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    log.exception("worker %s: reporting failed", self.worker_id)
+                elif now - warned >= DB_RETRY_MAX_SECONDS:
+                    warned = now
+                    log.warning("worker %s: could not heartbeat (%s)", self.worker_id, _short(exc))
+                if state is not None and now - confirmed > settings.lease_seconds:
+                    state.lost = True
+            if stopping:
+                return
+
+    def _heartbeat(self, state: _RunState | None) -> None:
+        with self.store.db.transaction() as conn:
+            alive = self.store.workers.heartbeat(
+                self.worker_id,
+                state=self.state,
+                loaded=self.loaded_models(),
+                current_job=state.job.id if state else None,
+                last_error=self._last_error,
+                conn=conn,
+            )
+            held = self.store.jobs.holds(state.job.id, self.worker_id, conn) if state else None
+        if not alive:
+            # Our row was swept (we looked stalled: a long pause, a network cut): come back.
+            log.warning("worker %s: its registry row was gone; registering again", self.worker_id)
+            self.store.workers.register(self.info())
+        if state is not None:
+            self._took(state, held)
+
+    @staticmethod
+    def _took(state: _RunState, result: bool | None) -> None:
+        if result is None:
+            state.lost = True
+        elif result:
+            state.cancel = True
+
     # -- one job ----------------------------------------------------------------------------------
 
     def run_job(self, job: Job) -> Job | None:
         state = _RunState(job=job)
         self._state = state
-        beat_stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(state, beat_stop), daemon=True)
-        beat.start()
+        self._report.set()
         try:
             status, output, error, charge = self._execute(job, state)
         except _ShutdownAbort:
-            beat_stop.set()
-            beat.join()
+            self._state = None
             try:
                 self.store.jobs.release(job.id, self.worker_id)
             except DB_ERRORS as exc:
                 if not _db_unavailable(exc):
                     raise
-                # The lease runs out on its own and the job is queued again then.
-                log.warning("job %s: could not hand the job back (%s); its lease will expire", job.id, _short(exc))
-            self._state = None
+                # Once this worker stops heartbeating, the stalled sweep queues the job again.
+                log.warning("job %s: could not hand the job back (%s); the stalled sweep will", job.id, _short(exc))
             return None
-        beat_stop.set()
-        beat.join()
         self._state = None
+        self._report.set()
         if state.lost:
-            log.warning("job %s: lease lost; another worker owns it now", job.id)
+            log.warning("job %s: another worker owns it now; dropping this run's result", job.id)
+            self._discard_outputs(output)
             return None
         return self._finish(job, status, output, error, charge)
 
@@ -213,8 +390,8 @@ class Worker:
         """Record the outcome, retrying while the database is unreachable.
 
         The work is done (outputs stored): losing the outcome to a brief outage would run the job
-        again. Retrying is safe because ``finish`` is fenced by the lease: once another worker has
-        taken the job over (our lease expired meanwhile), it returns None and nothing changes.
+        again. Retrying is safe because ``finish`` is fenced by ownership: once another worker has
+        taken the job over, it returns None and nothing changes.
         """
         delay = DB_RETRY_FIRST_SECONDS
         while True:
@@ -228,41 +405,19 @@ class Worker:
                 delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
                 continue
             if done is None:
-                log.warning("job %s: lease lost before its outcome was recorded; another worker owns it now", job.id)
+                log.warning("job %s: taken over before its outcome was recorded; another worker owns it now", job.id)
+                self._discard_outputs(output)
+            elif done.status is not status:
+                # A cancel acknowledged while the job ran wins over its outcome (never charged).
+                self._discard_outputs(output)
             return done
 
-    def _heartbeat(self, state: _RunState, stop: threading.Event) -> None:
-        # Renewing often keeps cancellation responsive (the flag comes back with each renewal)
-        # and keeps a lease short enough that a killed worker's job is retried quickly.
-        interval = min(self.settings.lease_seconds / 3.0, 0.25)
-        last_progress = -1.0
-        failing_since: float | None = None
-        last_warning = 0.0
-        while not stop.wait(interval):
-            progress = state.progress if state.progress != last_progress else None
+    def _discard_outputs(self, output: dict[str, Any] | None) -> None:
+        for item in (output or {}).get("media", []):
             try:
-                result = self.store.jobs.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
-            except DB_ERRORS as exc:
-                if not _db_unavailable(exc):
-                    raise
-                # Keep computing: if the database is back before another worker takes the job
-                # over, the next renewal succeeds; if not, it answers None and the job stops.
-                now = time.monotonic()
-                if failing_since is None:
-                    failing_since = now
-                if now - last_warning >= DB_RETRY_MAX_SECONDS:
-                    last_warning = now
-                    log.warning("job %s: could not renew the lease (%s)", state.job.id, _short(exc))
-                continue
-            if failing_since is not None:
-                log.info("job %s: lease renewed again after %.1f s", state.job.id, time.monotonic() - failing_since)
-                failing_since = None
-            if progress is not None:
-                last_progress = progress
-            if result is None:
-                state.lost = True
-                return
-            state.cancel = state.cancel or result
+                self.storage.delete(item["key"])
+            except Exception:  # an orphaned file is harmless; the retention sweep never sees it
+                log.warning("could not delete the unused output %s", item["key"])
 
     def _execute(self, job: Job, state: _RunState) -> tuple[JobStatus, dict[str, Any] | None, str | None, int | None]:
         spec = MODELS.get(job.model_id)
@@ -277,6 +432,8 @@ class Worker:
 
             def on_step(step: int, total: int) -> None:
                 state.progress = round(step / max(total, 1), 4)
+                state.detail = {"step": step, "steps": total}
+                self._report.set()
                 if state.abort:
                     raise _ShutdownAbort()
                 if state.cancel or state.lost:
@@ -457,15 +614,22 @@ def apply_memory_limit(gb: float) -> int | None:
     return limit
 
 
-def run_worker(settings: Settings, model_ids: list[str] | None = None) -> None:
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{new_token(4)}"
+
+
+def run_worker(
+    settings: Settings, model_ids: list[str] | None = None, *, worker_id: str | None = None, gpu: int | None = None
+) -> None:
     """Entry point of a worker process (``imagegate worker`` and the server's embedded worker)."""
+    pin_to_gpu(gpu)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit = apply_memory_limit(settings.worker_memory_limit_gb)
     if limit is not None:
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
     store.migrate()
-    worker = Worker(settings, store, model_ids=model_ids)
+    worker = Worker(settings, store, model_ids=model_ids, worker_id=worker_id, gpu=gpu)
     worker.install_signal_handlers()
     worker.run_forever()
     store.dispose()

@@ -32,6 +32,7 @@ import httpx
 from imagegate.config import Settings
 from imagegate.exceptions import InputError, ValidationError
 from imagegate.jobs.queue import Job
+from imagegate.jobs.wakeups import Topic
 from imagegate.jobs.store import JobStore
 from imagegate.jobs.outbox import (
     DELIVERED,
@@ -53,6 +54,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DB_ERROR_PAUSE_SECONDS = 2.0
+MIN_WAIT_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,8 @@ class _Response:
 class Deliverer:
     """Claims due events and sends them from a small thread pool.
 
-    ``policy``, ``lease_seconds``, ``poll_interval`` and ``rng`` are injectable so tests can run
-    the real schedule fast.
+    ``policy``, ``lease_seconds``, ``poll_interval`` (a fixed idle wait instead of waiting for
+    wake-ups and due times) and ``rng`` are injectable so tests can run the real schedule fast.
     """
 
     def __init__(
@@ -198,7 +200,7 @@ class Deliverer:
         policy: RetryPolicy | None = None,
         concurrency: int = 8,
         lease_seconds: float | None = None,
-        poll_interval: float = 0.2,
+        poll_interval: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -224,16 +226,26 @@ class Deliverer:
         return len(events)
 
     def run_forever(self, stop_event: threading.Event) -> None:
+        """Deliver until ``stop_event``. Idle, it sleeps until the next event is due, a new event
+        is announced (the store's wake-ups) or the fallback poll, whichever comes first."""
         in_flight: set[Future[None]] = set()
         wake = threading.Event()
+
+        def on_wakeup(topic: str, _value: str) -> None:
+            if topic in (Topic.WEBHOOK, Topic.ANY):
+                wake.set()
+
+        unsubscribe = self.store.wakeups.subscribe(on_wakeup)
         try:
             while not stop_event.is_set():
                 in_flight = {f for f in in_flight if not f.done()}
                 free = self.concurrency - len(in_flight)
                 claimed: list[WebhookEvent] = []
+                due_at: float | None = None
                 if free > 0:
                     try:
-                        if self.outbox.has_due():
+                        due_at = self.outbox.next_due_at()
+                        if due_at is not None and due_at <= time.time():
                             claimed = self.outbox.claim_due(free, self.lease_seconds)
                     except Exception:
                         # The database may be briefly unavailable; events stay pending meanwhile,
@@ -248,12 +260,22 @@ class Deliverer:
                     in_flight.add(future)
                 if claimed and len(claimed) == free:
                     continue
-                wake.wait(self.poll_interval)
+                wake.wait(self._idle_wait(due_at, claimed))
                 wake.clear()
         finally:
+            unsubscribe()
             # In-flight attempts are bounded by the webhook timeout; whatever is left unrecorded
             # stays leased and is retried after the lease expires.
             wait(in_flight, timeout=self.settings.webhook_timeout_seconds + 5.0)
+
+    def _idle_wait(self, due_at: float | None, claimed: list[WebhookEvent]) -> float:
+        if self.poll_interval is not None:
+            return self.poll_interval
+        fallback = self.settings.poll_fallback_seconds
+        if due_at is None or not claimed and due_at <= time.time():
+            # Nothing pending, or what is due waits behind a delivery in flight (whose end wakes us).
+            return fallback
+        return min(fallback, max(MIN_WAIT_SECONDS, due_at - time.time()))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -19,13 +19,19 @@ def upgrade() -> None:
     with op.batch_alter_table('webhook_events') as batch:
         batch.add_column(sa.Column('job_snapshot', sa.JSON(), nullable=True))
         batch.alter_column('payload', existing_type=sa.Text(), nullable=True)
-    op.add_column('jobs', sa.Column('progress_detail', sa.JSON(), nullable=True))
+    with op.batch_alter_table('jobs') as batch:
+        batch.add_column(sa.Column('progress_detail', sa.JSON(), nullable=True))
+        # Jobs belong to their worker's heartbeat now, not to a per-job lease.
+        batch.drop_column('lease_expires_at')
+        batch.alter_column('lease_owner', existing_type=sa.String(length=80), type_=sa.String(length=120))
+        batch.create_index('ix_jobs_model_queue', ['status', 'model_id', 'created_at'], unique=False)
     op.create_table(
         'workers',
         sa.Column('id', sa.String(length=120), nullable=False),
         sa.Column('host', sa.String(length=255), nullable=False),
         sa.Column('pid', sa.Integer(), nullable=False),
         sa.Column('device', sa.String(length=32), nullable=False),
+        sa.Column('gpu', sa.Integer(), nullable=True),
         sa.Column('version', sa.String(length=32), nullable=False),
         sa.Column('models', sa.JSON(), nullable=True),
         sa.Column('loaded', sa.JSON(), nullable=False),
@@ -80,7 +86,11 @@ def downgrade() -> None:
     op.drop_table('rate_limits')
     op.drop_index('ix_workers_heartbeat', table_name='workers')
     op.drop_table('workers')
-    op.drop_column('jobs', 'progress_detail')
+    with op.batch_alter_table('jobs') as batch:
+        batch.drop_index('ix_jobs_model_queue')
+        batch.alter_column('lease_owner', existing_type=sa.String(length=120), type_=sa.String(length=80))
+        batch.add_column(sa.Column('lease_expires_at', sa.Float(), nullable=True))
+        batch.drop_column('progress_detail')
     with op.batch_alter_table('webhook_events') as batch:
         batch.alter_column('payload', existing_type=sa.Text(), nullable=False)
         batch.drop_column('job_snapshot')
