@@ -1,4 +1,4 @@
-"""The operator's command line: ``imagegate serve | worker | keys | models | fixtures | weights``."""
+"""The operator's command line: ``imagegate serve | worker | migrate | keys | models | fixtures | weights``."""
 
 from __future__ import annotations
 
@@ -104,6 +104,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _store(_settings(args)).dispose()
+    print("the database schema is up to date")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from imagegate.billing.money import format_usd, parse_usd
     from imagegate.exceptions import RequestNotFoundError
@@ -206,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("worker", help="run a worker process"))
     p.add_argument("--models", help="comma-separated model ids this worker serves (default: all)")
     p.set_defaults(func=cmd_worker)
+
+    p = with_config(sub.add_parser("migrate", help="bring the database schema up to date, then exit"))
+    p.set_defaults(func=cmd_migrate)
 
     keys = with_config(sub.add_parser("keys", help="manage API keys and wallets"))
     ks = keys.add_subparsers(dest="keys_cmd", required=True)

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".imagegate")
     database_url: str | None = None  # default: sqlite under data_dir
     storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
+    # With S3 storage, media URLs are presigned GET URLs valid this long (SigV4 allows 7 days at
+    # most), unless media_public_base_url names a public origin (a CDN) in front of the bucket.
+    s3_presign_seconds: int = Field(default=86400, ge=1, le=7 * 86400)
+    media_public_base_url: str | None = None
     # The base of polling_url and media URLs; default: http://{host}:{port} of this server.
     # Read it through ``base_url`` only.
     public_base_url: str | None = None
@@ -89,6 +93,11 @@ class Settings(BaseSettings):
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    gpus: str | list[int] = "all"  # "all" = one worker per visible GPU; [0, 2] = those; [] = CPU only
+    log_format: str = "text"  # text | json (one JSON object per line)
+    heartbeat_seconds: float = 5.0  # how often a worker refreshes its row in the worker registry
+    admin_token: str | None = None  # bearer token of the admin API; unset = admin API and pages off
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ import threading
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
 from imagegate.media.retention import purge_expired_media
-from imagegate.media.storage import Storage, open_storage
+from imagegate.media.storage import Storage, storage_for
 from imagegate.webhooks.outbox import WebhookOutbox
 
 log = logging.getLogger("imagegate.housekeeping")
@@ -42,7 +42,7 @@ def sweep(store: JobStore, settings: Settings, storage: Storage, now: float | No
 
 def start_housekeeping_thread(store: JobStore, settings: Settings) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    storage = open_storage(settings.resolved_storage_url)
+    storage = storage_for(settings)
 
     def run() -> None:
         while not stop.is_set():

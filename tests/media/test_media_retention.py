@@ -15,12 +15,14 @@ from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
 from imagegate.housekeeping import start_housekeeping_thread
 from imagegate.media.retention import purge_expired_media
-from imagegate.media.storage import LocalStorage
+from imagegate.media.storage import LocalStorage, S3Storage, Storage
+
+from .support import S3Server
 
 DAY = 86400.0
 
 
-def complete(store: JobStore, storage: LocalStorage, key_id: str, name: str, files: int = 2) -> tuple[str, list[str]]:
+def complete(store: JobStore, storage: Storage, key_id: str, name: str, files: int = 2) -> tuple[str, list[str]]:
     job, _ = store.submit(NewJob(key_id=key_id, model_id="flux-dev", protocol="queue", params={"prompt": name},
                                  price_micros=0, max_attempts=3))
     claimed = store.claim("worker-1", 60.0)
@@ -91,6 +93,25 @@ def test_serve_sweeps_in_the_background(sqlite_store: JobStore, tmp_path: Path) 
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_expired_media_are_deleted_from_s3(sqlite_store: JobStore, s3_server: S3Server, s3_prefix: str) -> None:
+    import httpx
+
+    storage = S3Storage(
+        s3_server.bucket, s3_prefix, s3_server.endpoint_url, "us-east-1", s3_server.access_key, s3_server.secret_key
+    )
+    _, key = sqlite_store.create_key(name="retention")
+    job_id, keys = complete(sqlite_store, storage, key.id, "s3")
+    urls = [storage.public_url(k, "") for k in keys]
+    assert all(httpx.get(u).status_code == 200 for u in urls)
+
+    assert purge_expired_media(sqlite_store, storage, 1, now=time.time() + 2 * DAY) == 1
+    assert not any(storage.exists(k) for k in keys)
+    # URLs handed out before the sweep, still within their lifetime, now find nothing.
+    assert [httpx.get(u).status_code for u in urls] == [404, 404]
+    assert sqlite_store.jobs_with_expired_media(time.time() + 10 * DAY) == []
+    assert sqlite_store.get_job(job_id).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("days", [-1])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from imagegate.api.auth import Authenticator
 from imagegate.api.ratelimit import RateLimiter
@@ -13,6 +12,7 @@ from imagegate.catalog import MODELS, ModelSpec
 from imagegate.config import Settings
 from imagegate.exceptions import ModelNotFoundError
 from imagegate.jobs.store import JobStore
+from imagegate.media.storage import Storage
 
 SWITCH_CACHE_SECONDS = 1.0
 
@@ -21,7 +21,7 @@ SWITCH_CACHE_SECONDS = 1.0
 class Services:
     settings: Settings
     store: JobStore
-    storage: Any
+    storage: Storage
     auth: Authenticator
     limiter: RateLimiter
     _switches: tuple[float, dict[str, bool]] = (0.0, {})
@@ -29,12 +29,12 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, store: JobStore) -> "Services":
-        from imagegate.media.storage import open_storage
+        from imagegate.media.storage import storage_for
 
         return cls(
             settings=settings,
             store=store,
-            storage=open_storage(settings.resolved_storage_url),
+            storage=storage_for(settings),
             auth=Authenticator(store),
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )

@@ -100,13 +100,13 @@ class Worker:
     ) -> None:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
-        from imagegate.media.storage import open_storage
+        from imagegate.media.storage import storage_for
 
         self.settings = settings
         self.store = store
         self.model_ids = model_ids
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token(4)}"
-        self.storage = open_storage(settings.resolved_storage_url)
+        self.storage = storage_for(settings)
         self.fetcher = InputFetcher.from_settings(settings)
         self.manager = ModelManager(
             device=settings.device,

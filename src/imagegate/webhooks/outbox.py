@@ -37,6 +37,7 @@ from imagegate.config import Settings
 from imagegate.jobs import schema
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, JobStore
+from imagegate.media.storage import Storage, storage_for
 
 # Event types. The terminal ones are the lower-cased final status.
 QUEUED = "queued"
@@ -152,14 +153,14 @@ def wanted(job: Job, event_type: str) -> bool:
     return False
 
 
-def payload_for(job: Job, base_url: str) -> dict[str, Any]:
+def payload_for(job: Job, base_url: str, storage: Storage) -> dict[str, Any]:
     """The body: the status response of the protocol the job was submitted through."""
     if job.webhook_mode == "batch":
         # The checkStatus body has no id of its own; one receiver URL may serve many requests.
-        return {"requestId": job.id, **views.batch_status_view(job, base_url)}
+        return {"requestId": job.id, **views.batch_status_view(job, base_url, storage)}
     if job.protocol == "dojo":
-        return views.dojo_job_view(job, base_url)
-    return views.status_view(job, base_url)
+        return views.dojo_job_view(job, base_url, storage)
+    return views.status_view(job, base_url, storage)
 
 
 def _id_time(event_id: str | None) -> int:
@@ -182,6 +183,8 @@ class WebhookOutbox:
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        # Payloads carry media URLs, which the storage makes (presigned ones with S3).
+        self.storage = storage_for(settings)
         self.engine = store.engine
         self.postgres = store.dialect == "postgresql"
 
@@ -205,7 +208,7 @@ class WebhookOutbox:
             return
         e = _events
         now = time.time()
-        payload = json.dumps(payload_for(job, self.base_url), separators=(",", ":"), ensure_ascii=False)
+        payload = json.dumps(payload_for(job, self.base_url, self.storage), separators=(",", ":"), ensure_ascii=False)
         latest = conn.execute(select(e).where(e.c.job_id == job.id).order_by(e.c.id.desc()).limit(1)).first()
         due = now
         created = now
@@ -513,6 +516,7 @@ def install(store: JobStore, settings: Settings) -> WebhookOutbox:
             store.add_transition_hook(outbox.on_transition)
         else:
             outbox.settings = settings
+            outbox.storage = storage_for(settings)
         return outbox
 
 
