@@ -19,6 +19,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+DEFAULT_PRESIGN_SECONDS = 86400
+MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
+
 
 class ModelSettings(BaseModel):
     """Per-model binding: where the weights come from, and operator overrides."""
@@ -34,9 +37,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".imagegate")
     database_url: str | None = None  # default: sqlite under data_dir
     storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
-    # With S3 storage, media URLs are presigned GET URLs valid this long (SigV4 allows 7 days at
-    # most), unless media_public_base_url names a public origin (a CDN) in front of the bucket.
-    s3_presign_seconds: int = Field(default=86400, ge=1, le=7 * 86400)
+    # With S3 storage, media URLs are presigned GET URLs valid this long, unless
+    # media_public_base_url names a public origin (a CDN) in front of the bucket.
+    s3_presign_seconds: int = Field(default=DEFAULT_PRESIGN_SECONDS, ge=1, le=MAX_PRESIGN_SECONDS)
     media_public_base_url: str | None = None
     # The base of polling_url and media URLs; default: http://{host}:{port} of this server.
     # Read it through ``base_url`` only.

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagegate.config import MAX_PRESIGN_SECONDS
 from imagegate.exceptions import StorageError
 from imagegate.media.storage import (
-    MAX_PRESIGN_SECONDS,
     LocalStorage,
     S3Storage,
     Storage,

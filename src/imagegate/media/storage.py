@@ -18,12 +18,10 @@ import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from imagegate.config import DEFAULT_PRESIGN_SECONDS, MAX_PRESIGN_SECONDS, Settings
 from imagegate.exceptions import StorageError
-
-if TYPE_CHECKING:
-    from imagegate.config import Settings
 
 MAX_KEY_LENGTH = 1024
 # One path segment: URL-safe characters (token_urlsafe output included), never starting with a
@@ -32,8 +30,6 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._~=+-]*")
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Where the API serves local media: GET {base_url}/media/{key}.
 MEDIA_PATH = "/media"
-DEFAULT_PRESIGN_SECONDS = 86400
-MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
 
 
 def validate_key(key: str) -> str:
@@ -343,6 +339,9 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
+S3_URL_OPTIONS = ("endpoint_url", "region", "presign_endpoint_url")
+
+
 def open_storage(
     url: str, *, presign_seconds: int = DEFAULT_PRESIGN_SECONDS, public_base_url: str | None = None
 ) -> Storage:
@@ -387,9 +386,6 @@ def open_storage(
             public_base_url=public_base_url,
         )
     raise ValueError(f"storage URL {url!r} has unsupported scheme {scheme!r}; expected file or s3")
-
-
-S3_URL_OPTIONS = ("endpoint_url", "region", "presign_endpoint_url")
 
 
 def storage_for(settings: Settings) -> Storage:
