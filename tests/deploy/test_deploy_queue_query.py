@@ -1,12 +1,17 @@
 """KEDA's PostgreSQL trigger runs the query in each ScaledObject verbatim: run it against a real
-PostgreSQL database holding jobs in every status, written by imagegate's own store."""
+PostgreSQL database, migrated by the migration Job's command, holding jobs in every status written
+by imagegate's own store."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
+from harness import default_env
 
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
@@ -18,11 +23,18 @@ OUTSTANDING = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 @pytest.fixture()
 def postgres_store(postgres_url: str) -> Iterator[JobStore]:
+    """An empty database brought to the current schema by the migration Job's command."""
     store = JobStore(postgres_url)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA public CASCADE")
         conn.exec_driver_sql("CREATE SCHEMA public")
-    store.migrate()
+    (job,) = [m for m in of_kind("Job") if m.name == "imagegate-migrate"]
+    args = pod_spec(job)["containers"][0]["args"]
+    env = {**default_env(), "IMAGEGATE_DATABASE_URL": postgres_url}
+    done = subprocess.run([sys.executable, "-m", "imagegate.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
     yield store
     store.dispose()
 
