@@ -1,4 +1,4 @@
-"""The operator's command line: ``imagegate serve | worker | keys | models | fixtures | weights``."""
+"""The operator's command line: ``imagegate serve | worker | migrate | keys | models | fixtures | weights``."""
 
 from __future__ import annotations
 

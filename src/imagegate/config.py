@@ -19,6 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+DEFAULT_PRESIGN_SECONDS = 86400
+MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
+
 
 class ModelSettings(BaseModel):
     """Per-model binding: where the weights come from, and operator overrides."""
@@ -34,6 +37,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".imagegate")
     database_url: str | None = None  # default: sqlite under data_dir
     storage_url: str | None = None  # default: file:// under data_dir; s3://bucket?endpoint_url=...
+    # With S3 storage, media URLs are presigned GET URLs valid this long, unless
+    # media_public_base_url names a public origin (a CDN) in front of the bucket.
+    s3_presign_seconds: int = Field(default=DEFAULT_PRESIGN_SECONDS, ge=1, le=MAX_PRESIGN_SECONDS)
+    media_public_base_url: str | None = None
     # The base of polling_url and media URLs; default: http://{host}:{port} of this server.
     # Read it through ``base_url`` only.
     public_base_url: str | None = None
@@ -99,6 +106,9 @@ class Settings(BaseSettings):
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    log_format: str = "text"  # text | json (one JSON object per line)
+    admin_token: str | None = None  # bearer token of the admin API; unset = admin API and pages off
 
     @classmethod
     def settings_customise_sources(

@@ -15,15 +15,17 @@ from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import JobStore, NewJob
 from imagegate.runtime.housekeeping import start_housekeeping_thread
 from imagegate.media.retention import purge_expired_media
-from imagegate.media.storage import LocalStorage
+from imagegate.media.storage import LocalStorage, S3Storage, Storage
+
+from .support import S3Server
 
 DAY = 86400.0
 
 
-def complete(store: JobStore, storage: LocalStorage, key_id: str, name: str, files: int = 2) -> tuple[str, list[str]]:
+def complete(store: JobStore, storage: Storage, key_id: str, name: str, files: int = 2) -> tuple[str, list[str]]:
     job, _ = store.jobs.submit(NewJob(key_id=key_id, model_id="flux-dev", protocol="queue", params={"prompt": name},
                                  price_micros=0, max_attempts=3))
-    claimed = store.jobs.claim("worker-1", 60.0)
+    claimed = store.jobs.claim("worker-1")
     assert claimed is not None and claimed.id == job.id
     keys = [f"tok{name}/{job.id}-{i}.png" for i in range(files)]
     for key in keys:
@@ -51,7 +53,7 @@ def test_media_expire_after_their_retention(store: JobStore, tmp_path: Path) -> 
     other_id, other_keys = complete(store, storage, key.id, "b", files=1)
     failed, _ = store.jobs.submit(NewJob(key_id=key.id, model_id="flux-dev", protocol="queue", params={"prompt": "c"},
                                     price_micros=0, max_attempts=3))
-    assert store.jobs.claim("worker-1", 60.0) is not None
+    assert store.jobs.claim("worker-1") is not None
     store.jobs.finish(failed.id, "worker-1", JobStatus.FAILED, error="bad input")
     done_at = time.time()
 
@@ -91,6 +93,25 @@ def test_serve_sweeps_in_the_background(sqlite_store: JobStore, tmp_path: Path) 
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_expired_media_are_deleted_from_s3(sqlite_store: JobStore, s3_server: S3Server, s3_prefix: str) -> None:
+    import httpx
+
+    storage = S3Storage(
+        s3_server.bucket, s3_prefix, s3_server.endpoint_url, "us-east-1", s3_server.access_key, s3_server.secret_key
+    )
+    _, key = sqlite_store.keys.create(name="retention")
+    job_id, keys = complete(sqlite_store, storage, key.id, "s3")
+    urls = [storage.public_url(k, "") for k in keys]
+    assert all(httpx.get(u).status_code == 200 for u in urls)
+
+    assert purge_expired_media(sqlite_store, storage, 1, now=time.time() + 2 * DAY) == 1
+    assert not any(storage.exists(k) for k in keys)
+    # URLs handed out before the sweep, still within their lifetime, now find nothing.
+    assert [httpx.get(u).status_code for u in urls] == [404, 404]
+    assert sqlite_store.jobs.with_expired_media(time.time() + 10 * DAY) == []
+    assert sqlite_store.jobs.get(job_id).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("days", [-1])

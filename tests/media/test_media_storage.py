@@ -10,10 +10,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from imagegate.config import MAX_PRESIGN_SECONDS
 from imagegate.exceptions import StorageError
-from imagegate.media.storage import LocalStorage, S3Storage, Storage, open_storage, validate_key
+from imagegate.media.storage import (
+    LocalStorage,
+    S3Storage,
+    Storage,
+    open_storage,
+    storage_for,
+    validate_key,
+)
 
 from .support import S3Server, unused_port
 
@@ -339,8 +348,135 @@ def test_open_storage_s3_url() -> None:
         "s3://",
         "s3://bucket?access_key=AKIA",
         "s3://bucket?endpoint=http://x",
+        "s3://bucket?public_base_url=https://cdn.example.com",
     ],
 )
 def test_open_storage_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         open_storage(url)
+
+
+def test_open_storage_s3_presign_endpoint_option() -> None:
+    store = open_storage("s3://b/p?endpoint_url=http://s3:8333&presign_endpoint_url=http://localhost:8333")
+    assert isinstance(store, S3Storage)
+    assert (store.endpoint_url, store.presign_endpoint_url) == ("http://s3:8333", "http://localhost:8333")
+    assert open_storage("s3://b?endpoint_url=http://s3:8333").presign_endpoint_url == "http://s3:8333"  # type: ignore[attr-defined]
+
+
+def test_storage_for_applies_the_media_url_settings(tmp_path: Path) -> None:
+    from imagegate.config import Settings
+
+    s3 = storage_for(
+        Settings(
+            storage_url="s3://bucket/media?endpoint_url=http://127.0.0.1:8333",
+            s3_presign_seconds=600,
+            media_public_base_url="https://cdn.example.com/",
+        )
+    )
+    assert isinstance(s3, S3Storage)
+    assert (s3.presign_seconds, s3.public_base_url) == (600, "https://cdn.example.com")
+    assert isinstance(storage_for(Settings(data_dir=tmp_path)), LocalStorage)
+
+
+# --------------------------------------------------------------------------------------------
+# Media URLs: the API for local files, the bucket itself (presigned or behind a CDN) for S3
+
+
+def s3_storage(s3: S3Server, prefix: str, **options: object) -> S3Storage:
+    return S3Storage(s3.bucket, prefix, s3.endpoint_url, "us-east-1", s3.access_key, s3.secret_key, **options)  # type: ignore[arg-type]
+
+
+def test_local_media_are_served_by_the_api(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    assert store.served_by_api
+    assert store.public_url("tok/job-0.png", "https://api.example.com") == "https://api.example.com/media/tok/job-0.png"
+    with pytest.raises(ValueError):
+        store.public_url("../etc/passwd", "https://api.example.com")
+
+
+def test_presigned_url_downloads_the_object(s3_server: S3Server, s3_prefix: str) -> None:
+    store = s3_storage(s3_server, s3_prefix, presign_seconds=900)
+    assert not store.served_by_api
+    store.put("tok/job-0.png", b"\x89PNG pixels", "image/png")
+    url = store.public_url("tok/job-0.png", "https://api.example.com")
+    assert url.startswith(f"{s3_server.endpoint_url}/{s3_server.bucket}/{s3_prefix}/tok/job-0.png?")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=900" in url
+    r = httpx.get(url)
+    assert r.status_code == 200, r.text
+    assert (r.content, r.headers["content-type"]) == (b"\x89PNG pixels", "image/png")
+
+
+def test_the_s3_server_refuses_unsigned_requests(s3_server: S3Server, s3_prefix: str) -> None:
+    # What makes the refusals below mean something: the bucket is not public.
+    store = s3_storage(s3_server, s3_prefix)
+    store.put("tok/private.png", b"secret", "image/png")
+    r = httpx.get(f"{s3_server.endpoint_url}/{s3_server.bucket}/{s3_prefix}/tok/private.png")
+    assert r.status_code == 403 and b"AccessDenied" in r.content
+
+
+def test_tampered_presigned_urls_are_refused(s3_server: S3Server, s3_prefix: str) -> None:
+    store = s3_storage(s3_server, s3_prefix, presign_seconds=60)
+    store.put("tok/mine.png", b"mine", "image/png")
+    store.put("tok/other.png", b"other", "image/png")  # exists: a refusal is not a 404
+    url = store.public_url("tok/mine.png", "")
+    assert httpx.get(url).status_code == 200
+    signature = url.rsplit("X-Amz-Signature=", 1)[1]
+    tampered = {
+        "another key": url.replace("tok/mine.png", "tok/other.png"),
+        "a longer lifetime": url.replace("X-Amz-Expires=60", "X-Amz-Expires=604800"),
+        "another signature": url.replace(signature, signature[::-1]),
+    }
+    for what, bad in tampered.items():
+        assert bad != url
+        r = httpx.get(bad)
+        assert r.status_code == 403, f"{what}: {r.status_code} {r.text}"
+        assert b"SignatureDoesNotMatch" in r.content or b"AccessDenied" in r.content, what
+
+
+def test_expired_presigned_url_is_refused(s3_server: S3Server, s3_prefix: str) -> None:
+    store = s3_storage(s3_server, s3_prefix, presign_seconds=1)
+    store.put("tok/brief.png", b"brief", "image/png")
+    url = store.public_url("tok/brief.png", "")
+    assert httpx.get(url).status_code == 200
+    time.sleep(2.2)
+    r = httpx.get(url)
+    assert r.status_code == 403 and b"expired" in r.content.lower()
+    # A URL signed now works again: the object is there, only that URL expired.
+    assert httpx.get(store.public_url("tok/brief.png", "")).status_code == 200
+
+
+def test_presigned_urls_name_the_address_clients_reach(s3_server: S3Server, s3_prefix: str) -> None:
+    # imagegate talks to 127.0.0.1; clients are given "localhost" (a container name vs. a public
+    # name, in a real deployment). The host is signed, so it must be right when signing.
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    store = s3_storage(s3_server, s3_prefix, presign_endpoint_url=public)
+    store.put("tok/0.webp", b"webp", "image/webp")
+    url = store.public_url("tok/0.webp", "")
+    assert url.startswith(f"{public}/{s3_server.bucket}/")
+    r = httpx.get(url)
+    assert (r.status_code, r.content) == (200, b"webp")
+    assert httpx.get(url.replace("localhost", "127.0.0.1")).status_code == 403
+
+
+def test_public_base_url_replaces_presigning(s3_prefix: str) -> None:
+    # No S3 server: URLs under a public origin are made without any request or credential.
+    store = S3Storage("bucket", s3_prefix, "http://127.0.0.1:1", public_base_url="https://cdn.example.com/m/")
+    url = store.public_url("tok/job_01+x=1-0.png", "https://api.example.com")
+    assert url == f"https://cdn.example.com/m/{s3_prefix}/tok/job_01%2Bx%3D1-0.png"
+
+
+def test_presigning_without_credentials_is_a_storage_error(s3_prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata address
+    store = S3Storage("bucket", s3_prefix, "http://127.0.0.1:1")
+    with pytest.raises(StorageError, match=rf"could not presign a URL for s3://bucket/{s3_prefix}/tok/0.png"):
+        store.public_url("tok/0.png", "")
+
+
+@pytest.mark.parametrize("seconds", [0, MAX_PRESIGN_SECONDS + 1])
+def test_presign_lifetime_is_bounded(seconds: int) -> None:
+    with pytest.raises(ValueError, match="presign_seconds"):
+        S3Storage("bucket", presign_seconds=seconds)

@@ -7,7 +7,7 @@ import mimetypes
 from typing import Any, Callable
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from imagegate.protocol import views
@@ -17,6 +17,7 @@ from imagegate.billing.money import format_usd
 from imagegate.billing.pricing import price_for, to_credits
 from imagegate.catalog import MODELS, Auth, ModelSpec, Protocol, Route
 from imagegate.exceptions import ModelNotFoundError, RequestNotFoundError, ValidationError
+from imagegate.media.storage import MEDIA_PATH
 
 STATUS_TAG = "requests"
 
@@ -78,7 +79,7 @@ def request_status(request_id: str, request: Request) -> JSONResponse:
     key = services.auth(request)
     job = services.store.jobs.get(request_id, key.id)
     position = services.store.jobs.queue_position(job)
-    return JSONResponse(views.status_view(job, services.base_url, queue_position=position))
+    return JSONResponse(views.status_view(job, services.base_url, services.storage, queue_position=position))
 
 
 @router.put(
@@ -98,7 +99,7 @@ async def cancel_request(request_id: str, request: Request) -> JSONResponse:
     if not job.status.terminal:
         job = await services.waiter.until_end(job.id, CANCEL_WAIT_SECONDS) or job
     code = 200 if job.status.terminal else 202
-    return JSONResponse(views.status_view(job, services.base_url), status_code=code)
+    return JSONResponse(views.status_view(job, services.base_url, services.storage), status_code=code)
 
 
 @router.get("/v2/account", tags=["account"], summary="The key's wallet balance in USD")
@@ -118,7 +119,7 @@ async def check_status(request: Request) -> JSONResponse:
     if not isinstance(request_id, str) or not request_id:
         raise ValidationError("requestId", "is required and must be a string")
     job = await run_in_threadpool(services.store.jobs.get, request_id, key.id)
-    return JSONResponse(views.batch_status_view(job, services.base_url))
+    return JSONResponse(views.batch_status_view(job, services.base_url, services.storage))
 
 
 @router.get("/api/v1/jobs/{job_id}", tags=["dojo"], summary="Status of a job (dojo protocol)")
@@ -126,7 +127,7 @@ def dojo_job(job_id: str, request: Request) -> JSONResponse:
     services = _services(request)
     key = services.auth(request, Auth.BEARER)
     job = services.store.jobs.get(job_id, key.id)
-    return JSONResponse(views.dojo_job_view(job, services.base_url))
+    return JSONResponse(views.dojo_job_view(job, services.base_url, services.storage))
 
 
 @router.get("/api/v1/models", tags=["dojo"], summary="Models this server serves")
@@ -166,13 +167,19 @@ def dojo_unknown_model(model_id: str, request: Request) -> JSONResponse:
     raise ModelNotFoundError(model_id)
 
 
-@router.get("/media/{token}/{name}", tags=["media"], summary="A stored output")
+@router.get(MEDIA_PATH + "/{token}/{name}", tags=["media"], summary="A stored output")
 def media(token: str, name: str, request: Request) -> Response:
     services = _services(request)
     if "/" in token or ".." in token or "/" in name or ".." in name:
         raise RequestNotFoundError("No such media")
+    key = f"{token}/{name}"
+    if not services.storage.served_by_api:
+        # Object storage serves its own bytes: send the client there (a fresh presigned URL).
+        if not services.storage.exists(key):
+            raise RequestNotFoundError("No such media")
+        return RedirectResponse(services.storage.public_url(key, services.base_url), status_code=307)
     try:
-        data, content_type = services.storage.get(f"{token}/{name}")
+        data, content_type = services.storage.get(key)
     except KeyError as exc:
         raise RequestNotFoundError("No such media") from exc
     content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from imagegate.api.auth import Authenticator
 from imagegate.api.waiting import JobWaiter
@@ -15,6 +14,7 @@ from imagegate.exceptions import ModelNotFoundError
 from imagegate.jobs.keys import RateLimit
 from imagegate.jobs.store import JobStore
 from imagegate.jobs.wakeups import Topic
+from imagegate.media.storage import Storage
 
 SWITCH_CACHE_SECONDS = 1.0
 
@@ -23,7 +23,7 @@ SWITCH_CACHE_SECONDS = 1.0
 class Services:
     settings: Settings
     store: JobStore
-    storage: Any
+    storage: Storage
     auth: Authenticator
     rate_limit: RateLimit
     waiter: JobWaiter
@@ -32,12 +32,12 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings, store: JobStore) -> "Services":
-        from imagegate.media.storage import open_storage
+        from imagegate.media.storage import storage_for
 
         services = cls(
             settings=settings,
             store=store,
-            storage=open_storage(settings.resolved_storage_url),
+            storage=storage_for(settings),
             auth=Authenticator(store),
             rate_limit=RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst),
             waiter=JobWaiter(store),

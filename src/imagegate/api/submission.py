@@ -175,7 +175,7 @@ async def respond(request: Request, services: Services, route: Route, job: Job, 
         if params.get("sync_mode"):
             done = await wait_or_timeout(services, job)
             inline = await run_in_threadpool(views.data_uris, done, services.storage) if done.status is JobStatus.COMPLETED else None
-            return JSONResponse(views.status_view(done, base, inline=inline), status_code=200)
+            return JSONResponse(views.status_view(done, base, services.storage, inline=inline), status_code=200)
         return JSONResponse(
             {"request_id": job.id, "status": job.status.value, "polling_url": views.polling_url(base, job.id)},
             status_code=202,
@@ -184,14 +184,14 @@ async def respond(request: Request, services: Services, route: Route, job: Job, 
         done = await wait_or_timeout(services, job)
         if done.status is not JobStatus.COMPLETED:
             return job_failure(done)
-        url = views.media_urls(done, base)[0]
+        url = views.media_urls(done, base, services.storage)[0]
         return JSONResponse({"output": url} if protocol is Protocol.SYNC_OUTPUT else {"url": url}, status_code=200)
     if protocol is Protocol.BATCH:
         if job.webhook_url:
             return JSONResponse(views.batch_queued_view(job, webhook=True), status_code=202)
         done = await services.waiter.until_end(job.id, services.settings.batch_wait_seconds)
         if done is not None:
-            return JSONResponse(views.batch_status_view(done, base), status_code=200)
+            return JSONResponse(views.batch_status_view(done, base, services.storage), status_code=200)
         return JSONResponse(views.batch_queued_view(job, webhook=False), status_code=202)
     if protocol is Protocol.DOJO:
         key = await run_in_threadpool(services.store.keys.get, job.key_id)

@@ -10,6 +10,7 @@ from imagegate.billing.pricing import to_credits
 from imagegate.catalog import MODELS
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job
+from imagegate.media.storage import Storage
 
 
 def iso(ts: float | None) -> str | None:
@@ -27,10 +28,10 @@ def public_model_id(job: Job) -> str:
     return spec.request_model_id if spec else job.model_id
 
 
-def media_urls(job: Job, base_url: str) -> list[str]:
+def media_urls(job: Job, base_url: str, storage: Storage) -> list[str]:
     if not job.output:
         return []
-    return [f"{base_url}/media/{m['key']}" for m in job.output.get("media", [])]
+    return [storage.public_url(m["key"], base_url) for m in job.output.get("media", [])]
 
 
 def polling_url(base_url: str, job_id: str) -> str:
@@ -38,14 +39,14 @@ def polling_url(base_url: str, job_id: str) -> str:
 
 
 def status_view(
-    job: Job, base_url: str, *, inline: list[str] | None = None, queue_position: int | None = None
+    job: Job, base_url: str, storage: Storage, *, inline: list[str] | None = None, queue_position: int | None = None
 ) -> dict[str, Any]:
     """The universal status object of the queue protocol (and its webhooks). While the job is
     queued, polls also carry ``queue_position`` (as fal's queue does)."""
     output = None
     if job.status is JobStatus.COMPLETED and job.output:
         output = {
-            "media_url": inline if inline is not None else media_urls(job, base_url),
+            "media_url": inline if inline is not None else media_urls(job, base_url, storage),
             "media_type": job.output.get("media_type"),
             "has_nsfw_concepts": job.output.get("has_nsfw_concepts", []),
             "seed": job.output.get("seed"),
@@ -66,7 +67,7 @@ def status_view(
     return view
 
 
-def data_uris(job: Job, storage: Any) -> list[str]:
+def data_uris(job: Job, storage: Storage) -> list[str]:
     uris = []
     for m in (job.output or {}).get("media", []):
         data, content_type = storage.get(m["key"])
@@ -84,8 +85,8 @@ BATCH_STATUS = {
 }
 
 
-def batch_status_view(job: Job, base_url: str) -> dict[str, Any]:
-    urls = media_urls(job, base_url)
+def batch_status_view(job: Job, base_url: str, storage: Storage) -> dict[str, Any]:
+    urls = media_urls(job, base_url, storage)
     view: dict[str, Any] = {
         "status": BATCH_STATUS[job.status],
         "output": urls[0] if urls and job.status is JobStatus.COMPLETED else None,
@@ -121,11 +122,11 @@ DOJO_STATUS = {
 }
 
 
-def dojo_job_view(job: Job, base_url: str) -> dict[str, Any]:
+def dojo_job_view(job: Job, base_url: str, storage: Storage) -> dict[str, Any]:
     view: dict[str, Any] = {
         "jobId": job.id,
         "status": DOJO_STATUS[job.status],
-        "output": {"images": media_urls(job, base_url)} if job.status is JobStatus.COMPLETED else None,
+        "output": {"images": media_urls(job, base_url, storage)} if job.status is JobStatus.COMPLETED else None,
         "creditCost": to_credits(job.price_micros),
         "error": job.error,
     }
@@ -142,11 +143,11 @@ def dojo_submit_view(job: Job, base_url: str, balance_micros: int) -> dict[str, 
     }
 
 
-def webhook_payload(job: Job, base_url: str) -> dict[str, Any]:
+def webhook_payload(job: Job, base_url: str, storage: Storage) -> dict[str, Any]:
     """A webhook's body: the status response of the protocol the job was submitted through."""
     if job.webhook_mode == "batch":
         # The checkStatus body has no id of its own; one receiver URL may serve many requests.
-        return {"requestId": job.id, **batch_status_view(job, base_url)}
+        return {"requestId": job.id, **batch_status_view(job, base_url, storage)}
     if job.protocol == "dojo":
-        return dojo_job_view(job, base_url)
-    return status_view(job, base_url)
+        return dojo_job_view(job, base_url, storage)
+    return status_view(job, base_url, storage)

@@ -15,7 +15,7 @@ import time
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
 from imagegate.media.retention import purge_expired_media
-from imagegate.media.storage import Storage, open_storage
+from imagegate.media.storage import Storage, storage_for
 
 log = logging.getLogger("imagegate.runtime.housekeeping")
 
@@ -57,7 +57,7 @@ def start_housekeeping_thread(store: JobStore, settings: Settings) -> tuple[thre
     """Retention sweeps at start and hourly; the stalled-worker sweep every third of a lease (a
     read that finds nothing costs one statement)."""
     stop = threading.Event()
-    storage = open_storage(settings.resolved_storage_url)
+    storage = storage_for(settings)
     stalled_every = max(1.0, settings.lease_seconds / 3.0)
 
     def run() -> None:

@@ -112,7 +112,7 @@ class Worker:
     ) -> None:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
-        from imagegate.media.storage import open_storage
+        from imagegate.media.storage import storage_for
 
         self.settings = settings
         self.store = store
@@ -120,7 +120,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.gpu = gpu
         self.device = worker_device(settings.device, gpu)
-        self.storage = open_storage(settings.resolved_storage_url)
+        self.storage = storage_for(settings)
         self.fetcher = InputFetcher.from_settings(settings)
         self.manager = ModelManager(
             device=self.device,

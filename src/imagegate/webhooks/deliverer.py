@@ -43,6 +43,7 @@ from imagegate.jobs.outbox import (
     AttemptResult,
     WebhookEvent,
 )
+from imagegate.media.storage import storage_for
 from imagegate.protocol import views
 from imagegate.webhooks.signing import SignatureError, sign
 from imagegate.webhooks.targets import check_webhook_url
@@ -206,6 +207,9 @@ class Deliverer:
         self.store = store
         self.settings = settings
         self.outbox = store.outbox
+        # Bodies carry media URLs, which the storage makes (presigned ones with S3, fresh at
+        # every attempt).
+        self.storage = storage_for(settings)
         self.policy = policy or RetryPolicy()
         self.concurrency = max(1, concurrency)
         # Long enough for name resolution plus a full attempt; a deliverer that dies holds its
@@ -385,7 +389,7 @@ class Deliverer:
         same bytes on every retry), or stored whole by an older release."""
         if event.job_snapshot is None:
             return (event.payload or "").encode("utf-8")
-        payload = views.webhook_payload(Job.from_snapshot(event.job_snapshot), self.settings.base_url)
+        payload = views.webhook_payload(Job.from_snapshot(event.job_snapshot), self.settings.base_url, self.storage)
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _post(self, event: WebhookEvent) -> _Response:
