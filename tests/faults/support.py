@@ -164,8 +164,8 @@ def cmdline(pid: int) -> str:
 
 
 def worker_pids(server: Any) -> list[int]:
-    """The embedded worker processes (multiprocessing spawn children) of a running server."""
-    return sorted(p for p in children(server.proc.pid) if "spawn_main" in cmdline(p))
+    """The embedded worker processes of a running server."""
+    return sorted(p for p in children(server.proc.pid) if "imagegate.runtime.supervisor" in cmdline(p))
 
 
 def wait_workers(server: Any, count: int = 1, timeout: float = 60, exclude: Iterable[int] = ()) -> list[int]:

@@ -13,10 +13,11 @@ beside the workers of the restarted server.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from imagegate.config import Settings
 from imagegate.jobs.ids import new_token
 from imagegate.jobs.store import JobStore
-from imagegate.runtime.devices import pin_to_gpu, worker_gpus
+from imagegate.runtime.devices import VISIBLE_DEVICES_ENV, worker_gpus
 
 log = logging.getLogger("imagegate.supervisor")
 
@@ -51,16 +52,26 @@ def _stop_when_orphaned(parent_pid: int) -> None:
     threading.Thread(target=watch, name="imagegate-parent-watch", daemon=True).start()
 
 
-def _worker_main(
-    settings_json: str, model_ids: list[str] | None, parent_pid: int | None, worker_id: str, gpu: int | None
-) -> None:
-    # Pinned before anything imports torch: this is a fresh (spawned) interpreter.
-    pin_to_gpu(gpu)
+# The server's resolved settings, handed to each worker process it starts.
+SETTINGS_ENV = "IMAGEGATE_WORKER_SETTINGS_JSON"
+
+
+def worker_command(worker_id: str, gpu: int | None, model_ids: list[str] | None, parent_pid: int) -> list[str]:
+    """How the supervisor starts a worker: a fresh interpreter running :func:`main`."""
+    return [
+        sys.executable, "-m", "imagegate.runtime.supervisor", worker_id,
+        "" if gpu is None else str(gpu), ",".join(model_ids or []), str(parent_pid),
+    ]
+
+
+def main(argv: list[str]) -> None:
+    """A worker process started by the supervisor (see :func:`worker_command`)."""
+    worker_id, gpu, models, parent_pid = argv
     from imagegate.runtime.worker import run_worker
 
-    if parent_pid is not None:
-        _stop_when_orphaned(parent_pid)
-    run_worker(Settings.model_validate_json(settings_json), model_ids, worker_id=worker_id, gpu=gpu)
+    _stop_when_orphaned(int(parent_pid))
+    settings = Settings.model_validate_json(os.environ.pop(SETTINGS_ENV))
+    run_worker(settings, models.split(",") if models else None, worker_id=worker_id, gpu=int(gpu) if gpu else None)
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,7 @@ class WorkerSupervisor:
         # again right away, instead of when its heartbeat expires.
         self.store = store
         count = len(slots)
-        self._ctx = mp.get_context("spawn")
-        self._procs: list[mp.process.BaseProcess | None] = [None] * count
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self._ids: list[str] = [""] * count
         self._failures = [0] * count
         self._started_at = [0.0] * count
@@ -116,12 +126,12 @@ class WorkerSupervisor:
     def _spawn(self, i: int) -> None:
         slot = self.slots[i]
         worker_id = f"{socket.gethostname()}-w{i}-{new_token(4)}"
-        proc = self._ctx.Process(
-            target=_worker_main,
-            args=(self.settings.model_dump_json(), self.model_ids, os.getpid(), worker_id, slot.gpu),
-            name=f"imagegate-worker-{i}",
-        )
-        proc.start()
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = self.settings.model_dump_json()
+        if slot.gpu is not None:
+            # In the environment the process starts with: set before torch is ever imported there.
+            env[VISIBLE_DEVICES_ENV] = str(slot.gpu)
+        proc = subprocess.Popen(worker_command(worker_id, slot.gpu, self.model_ids, os.getpid()), env=env)
         self._procs[i] = proc
         self._ids[i] = worker_id
         self._started_at[i] = time.monotonic()
@@ -143,12 +153,12 @@ class WorkerSupervisor:
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
             for i, proc in enumerate(self._procs):
-                if proc is None or proc.is_alive() or self._stop.is_set():
+                if proc is None or proc.poll() is None or self._stop.is_set():
                     continue
                 if time.monotonic() - self._started_at[i] > HEALTHY_RUN_SECONDS:
                     self._failures[i] = 0
                 delay = RESTART_BACKOFF_SECONDS[min(self._failures[i], len(RESTART_BACKOFF_SECONDS) - 1)]
-                log.warning("worker process %s exited with %s; restarting in %ss", i, proc.exitcode, delay)
+                log.warning("worker process %s exited with %s; restarting in %ss", i, proc.returncode, delay)
                 self._forget(i)
                 self._failures[i] += 1
                 if self._stop.wait(delay):
@@ -156,19 +166,24 @@ class WorkerSupervisor:
                 self._spawn(i)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+        return [p.pid for p in self._procs if p is not None]
 
     def stop(self) -> None:
         """SIGTERM every worker (they finish the running job within the grace period), then wait."""
         self._stop.set()
         for proc in self._procs:
-            if proc is not None and proc.is_alive():
+            if proc is not None and proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
         for proc in self._procs:
             if proc is None:
                 continue
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(5)
+                proc.wait(5)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
