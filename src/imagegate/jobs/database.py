@@ -19,6 +19,18 @@ from sqlalchemy.engine import Connection, Engine
 
 _AFTER_COMMIT = "imagegate_after_commit"
 
+# A link that dies silently (a cable, a partition: no FIN, no RST) must not hang a worker's
+# heartbeat or a request forever: unacknowledged writes fail after tcp_user_timeout, and idle
+# connections are probed, so the connection errors and the usual retry/back-off takes over.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
+
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 16) -> None:
@@ -37,11 +49,13 @@ class Database:
         else:
             # Transactions check their connection before use (pre-ping): a write that meets a
             # connection the server dropped (a restart) must not fail or, worse, be retried blind.
-            self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self.engine = sa.create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, connect_args=POSTGRES_CONNECT_ARGS
+            )
             # Single reads, the hot path of status polls, skip that extra round trip: a SELECT is
             # safe to repeat, so read_first retries once on a dropped connection instead.
             self._single_reads = sa.create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
+                url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT", connect_args=POSTGRES_CONNECT_ARGS
             )
 
     @property

@@ -28,7 +28,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from imagegate.jobs.database import Database
+from imagegate.jobs.database import POSTGRES_CONNECT_ARGS, Database
 
 log = logging.getLogger("imagegate.wakeups")
 
@@ -159,7 +159,7 @@ class _PostgresListener(_Listener):
         failures = 0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(dsn, autocommit=True, **POSTGRES_CONNECT_ARGS) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     if failures:
                         log.info("listening for wake-ups again")
