@@ -95,6 +95,15 @@ class Job:
 
 
 @dataclass
+class QueuedModel:
+    """The queue of one model: how many jobs wait, and since when the oldest."""
+
+    model_id: str
+    depth: int
+    oldest_created_at: float
+
+
+@dataclass
 class NewJob:
     key_id: str
     model_id: str
@@ -248,6 +257,17 @@ class JobRepository:
         if model_ids is None:
             return self.db.read_first(_ANY_QUEUED, {}) is not None
         return self.db.read_first(_ANY_QUEUED_FOR, {"model_ids": list(model_ids)}) is not None
+
+    def queued_by_model(self) -> list[QueuedModel]:
+        """Queue depth and oldest queued job per model (the claim index covers it)."""
+        t = _jobs
+        query = (
+            select(t.c.model_id, func.count().label("depth"), func.min(t.c.created_at).label("oldest"))
+            .where(t.c.status == JobStatus.QUEUED.value)
+            .group_by(t.c.model_id)
+        )
+        with self.db.read() as conn:
+            return [QueuedModel(row.model_id, int(row.depth), float(row.oldest)) for row in conn.execute(query).all()]
 
     def heartbeat(
         self,
