@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+LogFormat = Literal["text", "json"]
 
 
 class ModelSettings(BaseModel):
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
     channels_last_vae: bool = True
     tf32: bool = True
     shutdown_grace_seconds: float = 60.0
+
+    # "text": human-readable lines; "json": one JSON object per line (imagegate.telemetry.logs).
+    log_format: LogFormat = "text"
+    # GET /metrics on the API (Prometheus text format); the processes of `serve` share
+    # ``metrics_dir`` so that each one's /metrics adds up all of them.
+    metrics_enabled: bool = True
 
     # Synchronous styles: how long a request may wait for its job.
     sync_timeout_seconds: float = 300.0
@@ -110,6 +119,10 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def metrics_dir(self) -> Path:
+        return (self.data_dir / "metrics").resolve()
 
     @property
     def resolved_storage_url(self) -> str:
