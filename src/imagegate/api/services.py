@@ -14,6 +14,8 @@ from imagegate.catalog import MODELS, ModelSpec
 from imagegate.config import Settings
 from imagegate.exceptions import ModelNotFoundError
 from imagegate.jobs.store import JobStore
+from imagegate.telemetry.health import Readiness
+from imagegate.telemetry.metrics import ClusterCollector
 
 SWITCH_CACHE_SECONDS = 1.0
 
@@ -26,6 +28,8 @@ class Services:
     auth: Authenticator
     limiter: RateLimiter
     waiter: JobWaiter
+    readiness: Readiness
+    cluster_metrics: ClusterCollector
     _switches: tuple[float, dict[str, bool]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -40,6 +44,8 @@ class Services:
             auth=Authenticator(store),
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
             waiter=JobWaiter(store),
+            readiness=Readiness(settings, store),
+            cluster_metrics=ClusterCollector(store, settings.lease_seconds),
         )
 
     @property

@@ -47,6 +47,9 @@ from imagegate.exceptions import (
 from imagegate.jobs.ids import new_token
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, JobStore
+from imagegate.telemetry.logs import configure_logging
+from imagegate.telemetry.metrics import record_job_end
+from imagegate.telemetry.server import start_worker_telemetry
 
 log = logging.getLogger("imagegate.worker")
 
@@ -229,6 +232,7 @@ class Worker:
                 continue
             if done is None:
                 log.warning("job %s: lease lost before its outcome was recorded; another worker owns it now", job.id)
+            record_job_end(done, self.worker_id)
             return done
 
     def _heartbeat(self, state: _RunState, stop: threading.Event) -> None:
@@ -457,15 +461,17 @@ def apply_memory_limit(gb: float) -> int | None:
     return limit
 
 
-def run_worker(settings: Settings, model_ids: list[str] | None = None) -> None:
+def run_worker(settings: Settings, model_ids: list[str] | None = None, health_port: int | None = None) -> None:
     """Entry point of a worker process (``imagegate worker`` and the server's embedded worker)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     limit = apply_memory_limit(settings.worker_memory_limit_gb)
     if limit is not None:
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
     store.migrate()
     worker = Worker(settings, store, model_ids=model_ids)
+    stop_telemetry = start_worker_telemetry(settings, store, worker.worker_id, health_port)
     worker.install_signal_handlers()
     worker.run_forever()
+    stop_telemetry()
     store.dispose()
