@@ -13,6 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from imagegate import __version__
 from imagegate.jobs.workers import WorkerInfo, WorkerState
 
+# The smallest flux-dev job: seconds on a CPU with the tiny fixture weights.
+TINY_JOB = {"prompt": "a lighthouse", "num_inference_steps": 2, "image_size": {"width": 64, "height": 64}, "seed": 1}
+
 
 def worker_row(worker_id: str, **changes: Any) -> WorkerInfo:
     """The row a worker process registers when it starts, as it registers it."""

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
@@ -17,10 +16,9 @@ from faults.support import SUB, Receiver, submit, wait_until
 from harness import RunningServer, start_server, wait_status
 from imagegate.telemetry.metrics import STALLED, UNMATCHED_ROUTE
 
-from .support import scrape, value
+from .support import TINY_JOB, scrape, value
 
 STATUS_ROUTE = "/v2/requests/status/{request_id}"
-TINY_JOB = {"prompt": "a lighthouse", "num_inference_steps": 2, "image_size": {"width": 64, "height": 64}, "seed": 1}
 ALLOWED_LABELS = {"route", "code", "model", "status", "outcome", "state", "worker", "kind", "le"}
 
 

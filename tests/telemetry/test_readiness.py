@@ -19,7 +19,7 @@ from harness import RunningServer, free_port, start_server, wait_status
 from imagegate.jobs.store import JobStore
 from imagegate.jobs.workers import WorkerState
 from imagegate.telemetry.health import NO_WORKER, OK
-from .support import scrape, value, wait_for_readiness, worker_row
+from .support import TINY_JOB, scrape, value, wait_for_readiness, worker_row
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_standalone_worker_health_port_answers_health_readiness_and_its_own_metr
 
         key = workerless_server.create_key("1")
         with workerless_server.client() as client:
-            request_id = submit(client, key, {"prompt": "a lighthouse", "num_inference_steps": 2, "image_size": {"width": 64, "height": 64}})
+            request_id = submit(client, key, TINY_JOB)
             assert wait_status(client, request_id, key)["status"] == "COMPLETED"
 
         samples = scrape(port)

@@ -259,7 +259,7 @@ class JobRepository:
         return self.db.read_first(_ANY_QUEUED_FOR, {"model_ids": list(model_ids)}) is not None
 
     def queued_by_model(self) -> list[QueuedModel]:
-        """Queue depth and oldest queued job per model (the claim index covers it)."""
+        """Queue depth and oldest queued job per model; the claim index finds the queued rows."""
         t = _jobs
         query = (
             select(t.c.model_id, func.count().label("depth"), func.min(t.c.created_at).label("oldest"))
