@@ -48,6 +48,8 @@ from imagegate.telemetry import multiprocess
 from imagegate.telemetry.logs import job_context
 
 log = logging.getLogger("imagegate.metrics")
+# The line each ended job gets comes from the worker that ended it.
+job_log = logging.getLogger("imagegate.worker")
 
 # The *_created series: shared metrics never have them, so a process's own /metrics leaves them out too.
 disable_created_metrics()
@@ -113,7 +115,7 @@ def record_job_end(job: Job | None, worker_id: str) -> None:
         CHARGED_USD.labels(model).inc(job.price_micros / MICROS_PER_USD)
     _record_gpu_memory(worker_id)
     with job_context(job.id, model):
-        log.info("%s %s (waited %s, ran %s)", job.id, job.status.value, _seconds(waited), _seconds(ran))
+        job_log.info("%s %s (waited %s, ran %s)", job.id, job.status.value, _seconds(waited), _seconds(ran))
 
 
 def _seconds(value: float | None) -> str:
@@ -136,8 +138,8 @@ def record_webhook_delivery(state: str) -> None:
 
 
 class ClusterCollector(Collector):
-    """The fleet as the database sees it, read at each scrape, so every API process reports the
-    same values (sum or average them across processes, not both)."""
+    """The fleet as the database sees it, read at each scrape: every API process reports the same
+    values, so dashboards aggregate them across processes with ``max``, not ``sum``."""
 
     def __init__(self, store: JobStore, lease_seconds: float) -> None:
         self.store = store
