@@ -209,16 +209,24 @@ def wait_status(client: httpx.Client, request_id: str, key: str, timeout: float 
 # -- the worker registry ---------------------------------------------------------------------------
 
 
-def register_worker(store: Any, worker_id: str, *, heartbeat_age: float = 0.0, models: list[str] | None = None) -> None:
-    """A registry row as a worker process writes it (tests that claim jobs through the store act
-    as that worker); ``heartbeat_age`` backdates its heartbeat, as a worker that stopped would."""
+def worker_row(worker_id: str, **changes: Any) -> Any:
+    """The registry row a worker process writes when it starts, with ``changes``."""
+    from imagegate import __version__
     from imagegate.jobs.workers import WorkerInfo, WorkerState
 
     now = time.time()
-    store.workers.register(
-        WorkerInfo(
-            id=worker_id, host="test", pid=os.getpid(), device="cpu", gpu=None, version="test", models=models,
-            loaded=[], state=WorkerState.IDLE, current_job=None, last_error=None,
-            started_at=now - heartbeat_age, heartbeat_at=now - heartbeat_age,
-        )
+    row = WorkerInfo(
+        id=worker_id, host=socket.gethostname(), pid=os.getpid(), device="cpu", gpu=None, version=__version__,
+        models=None, loaded=[], state=WorkerState.IDLE, current_job=None, last_error=None,
+        started_at=now, heartbeat_at=now,
     )
+    for name, value in changes.items():
+        setattr(row, name, value)
+    return row
+
+
+def register_worker(store: Any, worker_id: str, *, heartbeat_age: float = 0.0, models: list[str] | None = None) -> None:
+    """Register ``worker_id`` as a worker process would (tests that claim jobs through the store
+    act as that worker); ``heartbeat_age`` backdates its heartbeat, as a worker that stopped would."""
+    then = time.time() - heartbeat_age
+    store.workers.register(worker_row(worker_id, models=models, started_at=then, heartbeat_at=then))

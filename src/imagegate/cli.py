@@ -36,16 +36,23 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from imagegate.telemetry import multiprocess
+
+    settings = _settings(args, host=args.host, port=args.port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.metrics_enabled:
+        # Before anything below imports prometheus_client, in this process and the ones it starts.
+        multiprocess.share_between_processes(settings.metrics_dir)
+
     import uvicorn
 
     from imagegate.api.app import create_app
     from imagegate.runtime.supervisor import WorkerSupervisor, worker_slots
     from imagegate.runtime.housekeeping import start_housekeeping_thread
+    from imagegate.telemetry.logs import configure_logging
     from imagegate.webhooks.deliverer import start_deliverer_thread
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(args, host=args.host, port=args.port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.log_format)
     store = _store(settings)
     slots = worker_slots(settings)
     supervisor = WorkerSupervisor(settings, slots, store=store) if slots else None
@@ -62,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        # uvicorn's own lines go through the handler configure_logging() installed (JSON or text).
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
@@ -105,7 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if unknown:
             print(f"unknown model id(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
-    run_worker(settings, models, gpu=args.gpu)
+    run_worker(settings, models, gpu=args.gpu, health_port=args.health_port)
     return 0
 
 
@@ -181,11 +190,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database to this release's schema and exit (a deploy's first step)."""
-    from imagegate.jobs.migrations import current_revision
-
     store = _store(_settings(args))
     try:
-        print(f"database schema at revision {current_revision(store.engine)}")
+        print(f"database schema at revision {store.db.schema_revision()}")
     finally:
         store.dispose()
     return 0
@@ -226,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("worker", help="run a worker process"))
     p.add_argument("--models", help="comma-separated model ids this worker serves (default: all)")
     p.add_argument("--gpu", type=int, help="the GPU this worker runs on (sets CUDA_VISIBLE_DEVICES; default: as the environment says)")
+    p.add_argument("--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port (on `host`)")
     p.set_defaults(func=cmd_worker)
 
     keys = with_config(sub.add_parser("keys", help="manage API keys and wallets"))

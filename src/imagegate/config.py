@@ -23,6 +23,9 @@ DEFAULT_PRESIGN_SECONDS = 86400
 MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
 
 
+LogFormat = Literal["text", "json"]
+
+
 class ModelSettings(BaseModel):
     """Per-model binding: where the weights come from, and operator overrides."""
 
@@ -80,6 +83,12 @@ class Settings(BaseSettings):
     tf32: bool = True
     shutdown_grace_seconds: float = 60.0
 
+    # "text": human-readable lines; "json": one JSON object per line (imagegate.telemetry.logs).
+    log_format: LogFormat = "text"
+    # GET /metrics on the API (Prometheus text format); the processes of `serve` share
+    # ``metrics_dir`` so that each one's /metrics adds up all of them.
+    metrics_enabled: bool = True
+
     # Synchronous styles: how long a request may wait for its job.
     sync_timeout_seconds: float = 300.0
     batch_wait_seconds: float = 60.0
@@ -107,7 +116,6 @@ class Settings(BaseSettings):
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
-    log_format: str = "text"  # text | json (one JSON object per line)
     admin_token: str | None = None  # bearer token of the admin API; unset = admin API and pages off
 
     @classmethod
@@ -130,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def metrics_dir(self) -> Path:
+        return (self.data_dir / "metrics").resolve()
 
     @property
     def resolved_storage_url(self) -> str:

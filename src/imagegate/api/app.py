@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imagegate import __version__
-from imagegate.api import errors
+from imagegate.api import errors, ops_routes
 from imagegate.api.routes import add_model_routes, router
 from imagegate.api.services import Services
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
+from imagegate.telemetry.logs import configure_logging
 
 
 SETTINGS_ENV = "IMAGEGATE_SERVE_SETTINGS_JSON"
@@ -24,7 +25,9 @@ def create_app_from_environment() -> FastAPI:
     the parent passes its resolved settings in the environment."""
     import os
 
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure_logging(settings.log_format)
+    return create_app(settings)
 
 
 def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
@@ -57,6 +60,10 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     from imagegate.api.webhook_routes import router as webhook_router
 
     app.include_router(webhook_router)
+    app.include_router(ops_routes.router)
+    if settings.metrics_enabled:
+        app.include_router(ops_routes.metrics_router)
+        app.add_middleware(ops_routes.RequestMetrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

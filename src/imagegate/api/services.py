@@ -15,6 +15,8 @@ from imagegate.jobs.keys import RateLimit
 from imagegate.jobs.store import JobStore
 from imagegate.jobs.wakeups import Topic
 from imagegate.media.storage import Storage
+from imagegate.telemetry.health import Readiness
+from imagegate.telemetry.metrics import ClusterCollector
 
 SWITCH_CACHE_SECONDS = 1.0
 
@@ -27,6 +29,8 @@ class Services:
     auth: Authenticator
     rate_limit: RateLimit
     waiter: JobWaiter
+    readiness: Readiness
+    cluster_metrics: ClusterCollector
     _switches: tuple[float, dict[str, bool]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,6 +45,8 @@ class Services:
             auth=Authenticator(store),
             rate_limit=RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst),
             waiter=JobWaiter(store),
+            readiness=Readiness(settings, store),
+            cluster_metrics=ClusterCollector(store, settings.lease_seconds),
         )
         store.wakeups.subscribe(services._on_wakeup)
         return services

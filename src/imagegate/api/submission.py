@@ -24,6 +24,7 @@ from imagegate.catalog import ModelSpec, Protocol, Route
 from imagegate.exceptions import SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, NewJob
+from imagegate.telemetry.logs import bind_request
 from imagegate.webhooks.targets import check_webhook_url
 
 MAX_BODY_BYTES = 40 * 1024 * 1024
@@ -122,6 +123,7 @@ def _request_hash(route: Route, body: Any) -> str:
 
 async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:
     services: Services = request.app.state.services
+    bind_request(model=spec.id)
     key = await run_in_threadpool(services.auth, request, route.auth)
     await run_in_threadpool(services.enabled_model, spec.id, spec.request_model_id)
     body = await read_json(request)
@@ -145,6 +147,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         public_model_id=spec.request_model_id,
     )
     job, _created = await run_in_threadpool(partial(services.store.jobs.submit, new, rate_limit=services.rate_limit))
+    bind_request(request_id=job.id)
     return await respond(request, services, route, job, params)
 
 

@@ -8,7 +8,8 @@ without one, it opens and commits its own.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import sqlite3
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -67,6 +68,30 @@ class Database:
         from imagegate.jobs.migrations import upgrade
 
         upgrade(self.engine)
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated)."""
+        from imagegate.jobs.migrations import current_revision
+
+        with self.read() as conn:
+            return current_revision(conn)
+
+    def ping(self) -> None:
+        """Open a new connection and read through it; raises if the database does not answer.
+
+        Not through the pool: a pooled SQLite connection keeps answering from a file that was
+        deleted or moved away (every other process would open another), so SQLite is opened
+        afresh, read-write without creating (a missing file is an error, not a new empty
+        database). PostgreSQL's pool checks its connection before use, which is a round trip.
+        """
+        path = sa.engine.make_url(self.url).database if self.dialect == "sqlite" else None
+        if path and path != ":memory:":
+            uri = Path(path).resolve().as_uri() + "?mode=rw"
+            with closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -105,6 +105,15 @@ class Job:
 
 
 @dataclass
+class QueuedModel:
+    """The queue of one model: how many jobs wait, and since when the oldest."""
+
+    model_id: str
+    depth: int
+    oldest_created_at: float
+
+
+@dataclass
 class NewJob:
     key_id: str
     model_id: str
@@ -291,6 +300,17 @@ class JobRepository:
         if model_ids is None:
             return self.db.read_first(_ANY_QUEUED, {}) is not None
         return self.db.read_first(_ANY_QUEUED_FOR, {"model_ids": list(model_ids)}) is not None
+
+    def queued_by_model(self) -> list[QueuedModel]:
+        """Queue depth and oldest queued job per model; the claim index finds the queued rows."""
+        t = _jobs
+        query = (
+            select(t.c.model_id, func.count().label("depth"), func.min(t.c.created_at).label("oldest"))
+            .where(t.c.status == JobStatus.QUEUED.value)
+            .group_by(t.c.model_id)
+        )
+        with self.db.read() as conn:
+            return [QueuedModel(row.model_id, int(row.depth), float(row.oldest)) for row in conn.execute(query).all()]
 
     def progress(self, job_id: str, worker_id: str, progress: float, detail: dict[str, Any] | None = None) -> bool | None:
         """Record a running job's progress. Returns whether a cancel was requested, or None when
@@ -503,17 +523,6 @@ class JobRepository:
             _QUEUED_AHEAD, {"model_id": job.model_id, "created_at": job.created_at, "job_id": job.id}
         )
         return int(row[0]) if row is not None else 0
-
-    def queue_depths(self) -> dict[str, tuple[int, float]]:
-        """``{model: (queued jobs, oldest created_at)}``."""
-        t = _jobs
-        with self.db.read() as conn:
-            rows = conn.execute(
-                select(t.c.model_id, func.count(), func.min(t.c.created_at))
-                .where(t.c.status == JobStatus.QUEUED.value)
-                .group_by(t.c.model_id)
-            ).all()
-        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
     # -- media retention ----------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ from imagegate.jobs.store import Job, JobStore
 from imagegate.jobs.wakeups import Topic
 from imagegate.jobs.workers import WorkerInfo, WorkerState
 from imagegate.runtime.devices import pin_to_gpu, worker_device
+from imagegate.telemetry.logs import configure_logging, job_context
+from imagegate.telemetry.metrics import record_job_end
+from imagegate.telemetry.server import start_worker_telemetry
 
 log = logging.getLogger("imagegate.worker")
 
@@ -361,6 +364,10 @@ class Worker:
     # -- one job ----------------------------------------------------------------------------------
 
     def run_job(self, job: Job) -> Job | None:
+        with job_context(job.id, job.model_id):
+            return self._run_job(job)
+
+    def _run_job(self, job: Job) -> Job | None:
         state = _RunState(job=job)
         self._state = state
         self._report.set()
@@ -407,9 +414,11 @@ class Worker:
             if done is None:
                 log.warning("job %s: taken over before its outcome was recorded; another worker owns it now", job.id)
                 self._discard_outputs(output)
-            elif done.status is not status:
+                return None
+            if done.status is not status:
                 # A cancel acknowledged while the job ran wins over its outcome (never charged).
                 self._discard_outputs(output)
+            record_job_end(done, self.worker_id)
             return done
 
     def _discard_outputs(self, output: dict[str, Any] | None) -> None:
@@ -619,17 +628,24 @@ def new_worker_id() -> str:
 
 
 def run_worker(
-    settings: Settings, model_ids: list[str] | None = None, *, worker_id: str | None = None, gpu: int | None = None
+    settings: Settings,
+    model_ids: list[str] | None = None,
+    *,
+    worker_id: str | None = None,
+    gpu: int | None = None,
+    health_port: int | None = None,
 ) -> None:
     """Entry point of a worker process (``imagegate worker`` and the server's embedded worker)."""
     pin_to_gpu(gpu)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     limit = apply_memory_limit(settings.worker_memory_limit_gb)
     if limit is not None:
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
     store.migrate()
     worker = Worker(settings, store, model_ids=model_ids, worker_id=worker_id, gpu=gpu)
+    stop_telemetry = start_worker_telemetry(settings, store, worker.worker_id, health_port)
     worker.install_signal_handlers()
     worker.run_forever()
+    stop_telemetry()
     store.dispose()

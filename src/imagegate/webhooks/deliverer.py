@@ -45,6 +45,7 @@ from imagegate.jobs.outbox import (
 )
 from imagegate.media.storage import storage_for
 from imagegate.protocol import views
+from imagegate.telemetry.metrics import record_webhook_delivery
 from imagegate.webhooks.signing import SignatureError, sign
 from imagegate.webhooks.targets import check_webhook_url
 
@@ -323,6 +324,7 @@ class Deliverer:
             # Unrecorded, the event stays leased and is sent again after the lease: at least once.
             log.exception("webhook %s: could not record the attempt", event.id)
             return
+        record_webhook_delivery(result.state)
         if not owned:
             log.info("webhook %s: lease was lost during the attempt; the newer claim decides", event.id)
         elif result.state != DELIVERED:

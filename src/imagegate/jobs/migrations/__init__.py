@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from imagegate.exceptions import SchemaAheadError
 
@@ -36,18 +36,24 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The newest revision this code knows."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(conn: Connection) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _revision_of(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return current_revision(conn)
 
 
 def check_not_ahead(engine: Engine) -> None:
-    current = current_revision(engine)
+    current = _revision_of(engine)
     if current is None:
         return
     script = ScriptDirectory.from_config(alembic_config())
@@ -88,7 +94,7 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (head by default), once, however many processes ask."""
     check_not_ahead(engine)
-    if revision == "head" and current_revision(engine) == head_revision():
+    if revision == "head" and _revision_of(engine) == head_revision():
         return  # the common case of a restart: no lock, no Alembic run
     with _migration_lock(engine):
         check_not_ahead(engine)
