@@ -29,6 +29,7 @@ from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_request_id
 from imagegate.jobs.keys import KeyRepository
 from imagegate.jobs.outbox import OutboxRepository
+from imagegate.jobs.paging import Page, SortKey, TimeRange, fetch_page
 from imagegate.jobs.status import JobStatus
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
@@ -37,6 +38,7 @@ CANCELED_MESSAGE = "Canceled by the client"
 _jobs = schema.jobs
 _JOB_BY_ID = select(_jobs).where(_jobs.c.id == sa.bindparam("job_id"))
 _OWN_JOB_BY_ID = _JOB_BY_ID.where(_jobs.c.key_id == sa.bindparam("key_id"))
+_JOBS_NEWEST_FIRST = [SortKey("created_at", _jobs.c.created_at, True, float), SortKey("id", _jobs.c.id, True, str)]
 _ANY_QUEUED = select(_jobs.c.id).where(_jobs.c.status == JobStatus.QUEUED.value).limit(1)
 _ANY_QUEUED_FOR = (
     select(_jobs.c.id)
@@ -92,6 +94,14 @@ class Job:
         values["status"] = JobStatus(values["status"])
         values["params"] = values["params"] or {}
         return cls(**values)
+
+
+@dataclass
+class JobFilter:
+    key_id: str | None = None
+    model_id: str | None = None
+    statuses: tuple[JobStatus, ...] = ()
+    period: TimeRange = TimeRange()  # of created_at
 
 
 @dataclass
@@ -190,15 +200,29 @@ class JobRepository:
         self._changed(conn, job, None)
         return job, True
 
-    def get(self, job_id: str, key_id: str | None = None) -> Job:
+    def get(self, job_id: str, key_id: str | None = None, conn: Connection | None = None) -> Job:
         _not_found_if_unstorable(job_id)
         if key_id is None:
-            row = self.db.read_first(_JOB_BY_ID, {"job_id": job_id})
+            statement, params = _JOB_BY_ID, {"job_id": job_id}
         else:
-            row = self.db.read_first(_OWN_JOB_BY_ID, {"job_id": job_id, "key_id": key_id})
+            statement, params = _OWN_JOB_BY_ID, {"job_id": job_id, "key_id": key_id}
+        row = self.db.read_first(statement, params) if conn is None else conn.execute(statement, params).first()
         if row is None:
             raise RequestNotFoundError(f"Request '{job_id}' not found")
         return Job.from_row(row)
+
+    def page(self, where: JobFilter, *, limit: int, cursor: str | None = None) -> Page[Job]:
+        """Jobs matching ``where``, newest first."""
+        t = _jobs
+        query = select(t).where(*where.period.clauses(t.c.created_at))
+        if where.key_id is not None:
+            query = query.where(t.c.key_id == where.key_id)
+        if where.model_id is not None:
+            query = query.where(t.c.model_id == where.model_id)
+        if where.statuses:
+            query = query.where(t.c.status.in_([s.value for s in where.statuses]))
+        with self.db.read() as conn:
+            return fetch_page(conn, query, _JOBS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=Job.from_row)
 
     def list(self, *, key_id: str | None = None, statuses: Iterable[JobStatus] | None = None) -> list[Job]:
         t = _jobs
@@ -349,13 +373,15 @@ class JobRepository:
                 ).rowcount
             )
 
-    def cancel(self, job_id: str, key_id: str) -> Job:
-        """A queued job ends CANCELED now; a running one is flagged and stops at its next step."""
+    def cancel(self, job_id: str, key_id: str | None, conn: Connection | None = None) -> Job:
+        """A queued job ends CANCELED now; a running one is flagged and stops at its next step.
+        ``key_id`` None cancels any key's job (the operator's cancel)."""
         _not_found_if_unstorable(job_id)
         t = _jobs
         now = time.time()
-        with self.db.transaction() as conn:
-            row = conn.execute(select(t).where(t.c.id == job_id, t.c.key_id == key_id)).first()
+        with self.db.transaction(conn) as conn:
+            owned = [t.c.id == job_id] if key_id is None else [t.c.id == job_id, t.c.key_id == key_id]
+            row = conn.execute(select(t).where(*owned)).first()
             if row is None:
                 raise RequestNotFoundError(f"Request '{job_id}' not found")
             job = Job.from_row(row)
