@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegate.protocol import views
 from imagegate.api.services import Services
-from imagegate.billing.pricing import price_for
 from imagegate.catalog import ModelSpec, Protocol, Route
 from imagegate.exceptions import SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
 from imagegate.jobs.status import JobStatus
@@ -134,7 +133,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         model_id=spec.id,
         protocol=route.protocol.value,
         params=params,
-        price_micros=price_for(spec, params, services.settings),
+        price_micros=services.price(spec, params),
         max_attempts=services.settings.max_attempts,
         webhook_url=webhook_url,
         webhook_mode=webhook_mode,
