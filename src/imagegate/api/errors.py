@@ -149,6 +149,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _fastapi_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "is invalid"}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            return error_response(request, ValidationError("body", "must be valid JSON"))
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")) or "body"
         message = str(first.get("msg", "is invalid"))
         # Lower-case only the first letter: a rule may name things ("US dollars").

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -44,10 +44,13 @@ from imagegate.exceptions import RequestNotFoundError, ValidationError
 from imagegate.jobs.audit import Actor, AuditFilter
 from imagegate.jobs.outbox import EVENT_STATES
 from imagegate.jobs.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TimeRange, page_of
+from imagegate.jobs.paging import Page as StorePage
 from imagegate.jobs.queue import JobFilter
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.usage import UsageFilter, UsageGroup
 from imagegate.protocol.views import media_urls
+
+PageT = TypeVar("PageT", bound=Page[Any])
 
 TAG = "admin"
 ACTOR = Actor.ADMIN_API
@@ -68,6 +71,10 @@ _CONFLICT = {409: {"model": AdminError, "description": "The change contradicts t
 
 def _services(request: Request) -> Services:
     return request.app.state.services
+
+
+def _page(model: type[PageT], found: StorePage[Any], view: Callable[[Any], Any]) -> PageT:
+    return model(data=[view(item) for item in found.items], next_cursor=found.next_cursor)
 
 
 @dataclass
@@ -99,7 +106,7 @@ def _epoch(moment: datetime) -> float:
 @router.get("/keys", summary="API keys with their balances", response_model=Page[KeyView], responses=_INVALID)
 def list_keys(request: Request, page: PageQuery = Depends(), disabled: bool | None = Query(None)) -> Any:
     found = _services(request).store.keys.page(limit=page.limit, cursor=page.cursor, disabled=disabled)
-    return Page[KeyView](data=[KeyView.of(k) for k in found.items], next_cursor=found.next_cursor)
+    return _page(Page[KeyView], found, KeyView.of)
 
 
 @router.post(
@@ -145,7 +152,7 @@ def key_ledger(request: Request, key_id: str, page: PageQuery = Depends()) -> An
     keys = _services(request).store.keys
     keys.get(key_id)
     found = keys.ledger_page(key_id, limit=page.limit, cursor=page.cursor)
-    return Page[LedgerEntryView](data=[LedgerEntryView.of(e) for e in found.items], next_cursor=found.next_cursor)
+    return _page(Page[LedgerEntryView], found, LedgerEntryView.of)
 
 
 # -- usage ---------------------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ def list_jobs(
 ) -> Any:
     where = JobFilter(key_id=key_id, model_id=model_id, statuses=tuple(status), period=period.range)
     found = _services(request).store.jobs.page(where, limit=page.limit, cursor=page.cursor)
-    return Page[JobView](data=[JobView.of(j) for j in found.items], next_cursor=found.next_cursor)
+    return _page(Page[JobView], found, JobView.of)
 
 
 def _detail(services: Services, job_id: str) -> JobDetail:
@@ -323,7 +330,7 @@ def list_deliveries(
     if state is not None and state not in EVENT_STATES:
         raise ValidationError("state", f"must be one of: {', '.join(EVENT_STATES)}")
     found = _services(request).store.outbox.page(state=state, job_id=request_id, limit=page.limit, cursor=page.cursor)
-    return Page[DeliveryView](data=[DeliveryView.of(e) for e in found.items], next_cursor=found.next_cursor)
+    return _page(Page[DeliveryView], found, DeliveryView.of)
 
 
 @router.post(
@@ -348,8 +355,7 @@ def list_workers(request: Request, page: PageQuery = Depends()) -> Any:
     services = _services(request)
     now = time.time()
     chosen = page_of(services.store.workers.list(), lambda w: w.id, cursor=page.cursor, limit=page.limit)
-    views = [WorkerView.of(w, now, services.settings.lease_seconds) for w in chosen.items]
-    return Page[WorkerView](data=views, next_cursor=chosen.next_cursor)
+    return _page(Page[WorkerView], chosen, lambda w: WorkerView.of(w, now, services.settings.lease_seconds))
 
 
 @router.get(
@@ -366,7 +372,7 @@ def list_audit(
 ) -> Any:
     where = AuditFilter(actor=actor, action=action, target=target, period=period.range)
     found = _services(request).store.audit.page(where, limit=page.limit, cursor=page.cursor)
-    return Page[AuditEntryView](data=[AuditEntryView.of(e) for e in found.items], next_cursor=found.next_cursor)
+    return _page(Page[AuditEntryView], found, AuditEntryView.of)
 
 
 @router.api_route(
