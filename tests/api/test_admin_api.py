@@ -184,6 +184,16 @@ def test_a_body_that_is_not_json_is_refused(admin: httpx.Client) -> None:
     assert error_of(r, 400, "invalid_request") == "body must be valid JSON"
 
 
+def test_nul_characters_in_ids_and_filters_are_refused_naming_the_field(admin: httpx.Client) -> None:
+    # PostgreSQL text cannot hold NUL: refused at the edge, on every database alike.
+    for method, path, field in (("GET", "/keys/a%00", "key_id"), ("GET", "/jobs?model_id=%00", "model_id"),
+                                ("GET", "/audit?target=x%00", "target"), ("GET", "/webhooks?request_id=%00", "request_id"),
+                                ("POST", "/keys/a%00/topup", "key_id")):
+        message = error_of(admin.request(method, path, json={"amount": "1"}), 400, "invalid_request")
+        assert message == f"{field} must not contain NUL characters"
+    assert error_of(admin.post("/keys", json={"name": "a\x00b"}), 400, "invalid_request").startswith("name ")
+
+
 def test_unknown_things_answer_404_in_the_admin_shape(admin: httpx.Client) -> None:
     for method, path in (("GET", "/keys/key_nope"), ("POST", "/keys/key_nope/topup"), ("GET", "/keys/key_nope/ledger"),
                          ("GET", "/models/nope"), ("POST", "/models/nope/disable"), ("GET", "/jobs/flux-dev_nope"),

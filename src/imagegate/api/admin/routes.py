@@ -30,6 +30,7 @@ from imagegate.api.admin.schemas import (
     ModelView,
     Page,
     SetPrice,
+    Text,
     TopUp,
     UsagePage,
     UsageRowView,
@@ -119,36 +120,36 @@ def create_key(request: Request, body: CreateKey) -> Any:
 
 
 @router.get("/keys/{key_id}", summary="One key, with its webhook secret", response_model=KeyDetail)
-def get_key(request: Request, key_id: str) -> Any:
+def get_key(request: Request, key_id: Text) -> Any:
     return KeyDetail.of(_services(request).store.keys.get(key_id))
 
 
 @router.post("/keys/{key_id}/topup", summary="Add US dollars to a key's wallet", response_model=KeyView, responses=_INVALID)
-def topup_key(request: Request, key_id: str, body: TopUp) -> Any:
+def topup_key(request: Request, key_id: Text, body: TopUp) -> Any:
     return KeyView.of(_services(request).store.admin.topup(ACTOR, key_id, body.amount))
 
 
 @router.post("/keys/{key_id}/disable", summary="Disable a key (its requests answer 403)", response_model=KeyView)
-def disable_key(request: Request, key_id: str) -> Any:
+def disable_key(request: Request, key_id: Text) -> Any:
     return KeyView.of(_services(request).store.admin.set_key_disabled(ACTOR, key_id, True))
 
 
 @router.post("/keys/{key_id}/enable", summary="Enable a disabled key", response_model=KeyView)
-def enable_key(request: Request, key_id: str) -> Any:
+def enable_key(request: Request, key_id: Text) -> Any:
     return KeyView.of(_services(request).store.admin.set_key_disabled(ACTOR, key_id, False))
 
 
 @router.post(
     "/keys/{key_id}/rotate-webhook-secret", summary="A new webhook signing secret for the key", response_model=KeyDetail
 )
-def rotate_webhook_secret(request: Request, key_id: str) -> Any:
+def rotate_webhook_secret(request: Request, key_id: Text) -> Any:
     return KeyDetail.of(_services(request).store.admin.rotate_webhook_secret(ACTOR, key_id))
 
 
 @router.get(
     "/keys/{key_id}/ledger", summary="A key's ledger, newest entry first", response_model=Page[LedgerEntryView], responses=_INVALID
 )
-def key_ledger(request: Request, key_id: str, page: PageQuery = Depends()) -> Any:
+def key_ledger(request: Request, key_id: Text, page: PageQuery = Depends()) -> Any:
     keys = _services(request).store.keys
     keys.get(key_id)
     found = keys.ledger_page(key_id, limit=page.limit, cursor=page.cursor)
@@ -177,8 +178,8 @@ def usage(
     request: Request,
     page: PageQuery = Depends(),
     period: PeriodQuery = Depends(),
-    key_id: str | None = Query(None),
-    model_id: str | None = Query(None),
+    key_id: Text | None = Query(None),
+    model_id: Text | None = Query(None),
     group_by: str = Query("day,key,model", description="Comma-separated: day, key, model"),
 ) -> Any:
     groups = _groups(group_by)
@@ -234,7 +235,7 @@ def list_models(request: Request, page: PageQuery = Depends()) -> Any:
 
 
 @router.get("/models/{model_id}", summary="One catalog model", response_model=ModelView)
-def get_model(request: Request, model_id: str) -> Any:
+def get_model(request: Request, model_id: Text) -> Any:
     return _model_views(_services(request), [_spec(model_id)])[0]
 
 
@@ -246,12 +247,12 @@ def _switched(request: Request, model_id: str, enabled: bool) -> ModelView:
 
 
 @router.post("/models/{model_id}/enable", summary="Switch a model on (the config's `enabled` still applies)", response_model=ModelView)
-def enable_model(request: Request, model_id: str) -> Any:
+def enable_model(request: Request, model_id: Text) -> Any:
     return _switched(request, model_id, True)
 
 
 @router.post("/models/{model_id}/disable", summary="Switch a model off (its routes answer model not found)", response_model=ModelView)
-def disable_model(request: Request, model_id: str) -> Any:
+def disable_model(request: Request, model_id: Text) -> Any:
     return _switched(request, model_id, False)
 
 
@@ -266,12 +267,12 @@ def _priced(request: Request, model_id: str, micros: int | None) -> ModelView:
     "/models/{model_id}/price", summary="Set a runtime price per image (over the catalog's and the config's)",
     response_model=ModelView, responses=_INVALID,
 )
-def set_model_price(request: Request, model_id: str, body: SetPrice) -> Any:
+def set_model_price(request: Request, model_id: Text, body: SetPrice) -> Any:
     return _priced(request, model_id, body.price)
 
 
 @router.delete("/models/{model_id}/price", summary="Remove the runtime price", response_model=ModelView)
-def clear_model_price(request: Request, model_id: str) -> Any:
+def clear_model_price(request: Request, model_id: Text) -> Any:
     return _priced(request, model_id, None)
 
 
@@ -283,8 +284,8 @@ def list_jobs(
     request: Request,
     page: PageQuery = Depends(),
     period: PeriodQuery = Depends(),
-    key_id: str | None = Query(None),
-    model_id: str | None = Query(None),
+    key_id: Text | None = Query(None),
+    model_id: Text | None = Query(None),
     status: list[JobStatus] = Query([], description="Any of these statuses (repeat the parameter)"),
 ) -> Any:
     where = JobFilter(key_id=key_id, model_id=model_id, statuses=tuple(status), period=period.range)
@@ -298,7 +299,7 @@ def _detail(services: Services, job_id: str) -> JobDetail:
 
 
 @router.get("/jobs/{job_id}", summary="One job, with its parameters", response_model=JobDetail)
-def get_job(request: Request, job_id: str) -> Any:
+def get_job(request: Request, job_id: Text) -> Any:
     return _detail(_services(request), job_id)
 
 
@@ -308,7 +309,7 @@ def get_job(request: Request, job_id: str) -> Any:
     response_model=JobDetail,
     responses=_CONFLICT,
 )
-def cancel_job(request: Request, job_id: str) -> Any:
+def cancel_job(request: Request, job_id: Text) -> Any:
     services = _services(request)
     job = services.store.admin.cancel_job(ACTOR, job_id)
     return JobDetail.of_job(job, media_urls(job, services.base_url))
@@ -325,7 +326,7 @@ def list_deliveries(
     request: Request,
     page: PageQuery = Depends(),
     state: str | None = Query(None, json_schema_extra={"enum": list(EVENT_STATES)}),
-    request_id: str | None = Query(None),
+    request_id: Text | None = Query(None),
 ) -> Any:
     if state is not None and state not in EVENT_STATES:
         raise ValidationError("state", f"must be one of: {', '.join(EVENT_STATES)}")
@@ -340,7 +341,7 @@ def list_deliveries(
     response_model=DeliveryView,
     responses={**_INVALID, **_CONFLICT},
 )
-def redeliver(request: Request, request_id: str) -> Any:
+def redeliver(request: Request, request_id: Text) -> Any:
     services = _services(request)
     job = services.store.jobs.get(request_id)
     event = redeliver_final_event(job, lambda job_id: services.store.admin.redeliver_webhook(ACTOR, job_id))
@@ -366,9 +367,9 @@ def list_audit(
     request: Request,
     page: PageQuery = Depends(),
     period: PeriodQuery = Depends(),
-    actor: str | None = Query(None, examples=["admin-api"]),
-    action: str | None = Query(None, examples=["key.topup"]),
-    target: str | None = Query(None, description="A key, model or job id"),
+    actor: Text | None = Query(None, examples=["admin-api"]),
+    action: Text | None = Query(None, examples=["key.topup"]),
+    target: Text | None = Query(None, description="A key, model or job id"),
 ) -> Any:
     where = AuditFilter(actor=actor, action=action, target=target, period=period.range)
     found = _services(request).store.audit.page(where, limit=page.limit, cursor=page.cursor)

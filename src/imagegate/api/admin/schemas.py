@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from imagegate.billing.money import format_usd, parse_amount
@@ -58,6 +58,17 @@ AmountUsd = Annotated[int, BeforeValidator(_amount(positive=False)), WithJsonSch
 PositiveAmountUsd = Annotated[int, BeforeValidator(_amount(positive=True)), WithJsonSchema(_AMOUNT_INPUT)]
 
 
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refused here, it would otherwise fail in the database.
+    if "\x00" in value:
+        raise PydanticCustomError("storable_text", "must not contain NUL characters")
+    return value
+
+
+# Every string the admin API takes (ids in paths and filters, names).
+Text = Annotated[str, AfterValidator(_storable)]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +96,7 @@ class Page(BaseModel, Generic[T]):
 
 
 class CreateKey(Body):
-    name: str = Field(default="", max_length=200)
+    name: Text = Field(default="", max_length=200)
     balance: AmountUsd = Field(default="0", validate_default=True, description="Starting balance in US dollars")
 
 
