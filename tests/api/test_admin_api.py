@@ -182,6 +182,10 @@ def test_bad_amounts_and_fields_are_refused_naming_the_field(admin: httpx.Client
 def test_a_body_that_is_not_json_is_refused(admin: httpx.Client) -> None:
     r = admin.post("/keys", content=b"{not json", headers={"Content-Type": "application/json"})
     assert error_of(r, 400, "invalid_request") == "body must be valid JSON"
+    form = admin.post("/keys", content=b'{"balance": "1"}', headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert error_of(form, 415, "unsupported_media_type").startswith("Content-Type must be application/json")
+    # Without a Content-Type the body is read as JSON, as on every route.
+    assert ok(admin.post("/keys", content=b'{"balance": "1"}'), 201)["key"]["balance"] == "1.000000"
 
 
 def test_nul_characters_in_ids_and_filters_are_refused_naming_the_field(admin: httpx.Client) -> None:

@@ -37,7 +37,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_content_type(request: Request) -> None:
+def check_content_type(request: Request) -> None:
     # Every documented example sends `Content-Type: application/json`; a body declared as a form,
     # multipart or text is a client mistake worth naming. No header at all is taken as JSON.
     declared = request.headers.get("content-type")
@@ -73,7 +73,7 @@ def _json_error(exc: ValueError) -> str:
 
 
 async def read_json(request: Request) -> Any:
-    _check_content_type(request)
+    check_content_type(request)
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise ValidationError("body", f"must be at most {MAX_BODY_BYTES // (1024 * 1024)} MB")

@@ -38,6 +38,7 @@ from imagegate.api.admin.schemas import (
     WorkerView,
 )
 from imagegate.api.services import Services
+from imagegate.api.submission import check_content_type
 from imagegate.api.webhook_routes import redeliver_final_event
 from imagegate.billing.pricing import base_price, price_source
 from imagegate.catalog import MODELS, ModelSpec
@@ -56,10 +57,18 @@ PageT = TypeVar("PageT", bound=Page[Any])
 TAG = "admin"
 ACTOR = Actor.ADMIN_API
 
+def _json_bodies(request: Request) -> None:
+    # A body declared as something else (`curl -d` sends a form) is named as such, not misread.
+    if request.method in ("POST", "PUT", "PATCH"):
+        check_content_type(request)
+
+
 router = APIRouter(
     prefix="/admin/v1",
     tags=[TAG],
-    dependencies=[Depends(require_admin)],
+    dependencies=[Depends(require_admin), Depends(_json_bodies)],
+    # A body without a Content-Type is read as JSON, as on every other route.
+    strict_content_type=False,
     responses={
         401: {"model": AdminError, "description": "Missing or wrong admin token"},
         404: {"model": AdminError, "description": "Not found; every route answers 404 while no admin token is configured"},
