@@ -50,6 +50,61 @@ def test_models_list_disable_enable(tmp_path: Path) -> None:
     assert unknown.returncode == 2
 
 
+def test_keys_and_models_commands_leave_an_audit_trail(tmp_path: Path) -> None:
+    created = cli(tmp_path, "keys", "create", "--balance", "1", "--name", "ops").stdout.strip().splitlines()
+    key, key_id = created[-1], created[0].removeprefix("id: ")
+    cli(tmp_path, "keys", "topup", key[:10], "0.5")
+    cli(tmp_path, "keys", "disable", key_id)
+    cli(tmp_path, "keys", "enable", key)
+    cli(tmp_path, "keys", "rotate-webhook-secret", key_id)
+    cli(tmp_path, "models", "disable", "flux-dev")
+    assert cli(tmp_path, "models", "price", "flux-dev", "0.03").stdout.strip() == "flux-dev price: $0.03 per image"
+    row = next(line for line in cli(tmp_path, "models", "list").stdout.splitlines() if line.startswith("flux-dev\t"))
+    assert row.startswith("flux-dev\tdisabled\t$0.03\t")
+    assert cli(tmp_path, "models", "price", "flux-dev", "--clear").stdout.strip() == "flux-dev price: cleared"
+    for bad in (["keys", "topup", key_id, "-1"], ["models", "price", "flux-dev", "NaN"]):
+        refused = cli(tmp_path, *bad, check=False)
+        assert refused.returncode == 2 and "invalid amount" in refused.stderr
+    assert cli(tmp_path, "models", "price", "flux-dev", check=False).returncode == 2
+
+    from imagegate.jobs.audit import AuditFilter
+    from imagegate.jobs.store import JobStore
+
+    store = JobStore(f"sqlite:///{tmp_path / 'imagegate.db'}")
+    try:
+        rows = list(reversed(store.audit.page(AuditFilter(), limit=50).items))
+        assert store.keys.get(key_id).balance_micros == 1_500_000
+    finally:
+        store.dispose()
+    assert [(r.actor, r.action, r.target) for r in rows] == [
+        ("cli", "key.create", key_id),
+        ("cli", "key.topup", key_id),
+        ("cli", "key.disable", key_id),
+        ("cli", "key.enable", key_id),
+        ("cli", "key.rotate_webhook_secret", key_id),
+        ("cli", "model.disable", "flux-dev"),
+        ("cli", "model.price_set", "flux-dev"),
+        ("cli", "model.price_clear", "flux-dev"),
+    ]
+
+
+def test_admin_token_is_stored_hashed_and_shown_once(tmp_path: Path) -> None:
+    none = cli(tmp_path, "admin", "token", check=False)
+    assert none.returncode == 1 and "admin API is off" in none.stderr
+    token = cli(tmp_path, "admin", "token", "--rotate").stdout.strip()
+    assert token.startswith("iga_") and len(token) > 40
+    again = cli(tmp_path, "admin", "token", check=False)
+    assert again.returncode == 1 and token[:10] in again.stderr and token not in again.stderr + again.stdout
+    assert token.encode() not in (tmp_path / "imagegate.db").read_bytes()
+    configured = "a-configured-admin-token"
+    env_token = subprocess.run(
+        [sys.executable, "-m", "imagegate.cli", "admin", "token"],
+        env=dict(os.environ, IMAGEGATE_DATA_DIR=str(tmp_path), IMAGEGATE_ADMIN_TOKEN=configured),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert env_token.returncode == 0 and env_token.stdout.strip() == configured
+
+
 def test_weights_pull_without_network_says_which_weights(tmp_path: Path) -> None:
     result = cli(tmp_path, "weights", "pull", "flux-dev", "p-image-upscale", "nope", check=False)
     assert result.returncode != 0

@@ -1,4 +1,4 @@
-"""The operator's command line: ``imagegate serve | worker | migrate | keys | models | fixtures | weights``."""
+"""The operator's command line: ``imagegate serve | worker | migrate | keys | models | admin | fixtures | weights``."""
 
 from __future__ import annotations
 
@@ -119,34 +119,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from imagegate.billing.money import format_usd, parse_usd
+    from imagegate.billing.money import format_usd, parse_amount
     from imagegate.exceptions import RequestNotFoundError
+    from imagegate.jobs.audit import Actor
 
     store = _store(_settings(args))
+    # Changes go through the same audited actions as the admin API's.
+    admin = store.admin
     try:
         if args.keys_cmd == "create":
-            plaintext, key = store.keys.create(name=args.name or "", balance_micros=parse_usd(args.balance))
+            plaintext, key = admin.create_key(Actor.CLI, name=args.name or "", balance_micros=parse_amount(args.balance))
             print(f"id: {key.id}")
             print(f"name: {key.name}")
             print(f"balance: {format_usd(key.balance_micros)} USD")
             print(f"webhook secret: {key.webhook_secret}")
             print(plaintext)
-        elif args.keys_cmd == "topup":
-            key = store.keys.topup(args.key, parse_usd(args.usd))
-            print(f"{key.id} balance: {format_usd(key.balance_micros)} USD")
         elif args.keys_cmd == "list":
             for key in store.keys.list():
                 state = "disabled" if key.disabled else "active"
                 print(f"{key.id}\t{key.key_prefix}…\t{key.name}\t{format_usd(key.balance_micros)} USD\t{state}")
-        elif args.keys_cmd == "disable":
-            key = store.keys.set_disabled(args.key, True)
-            print(f"{key.id} disabled")
-        elif args.keys_cmd == "enable":
-            key = store.keys.set_disabled(args.key, False)
-            print(f"{key.id} enabled")
-        elif args.keys_cmd == "rotate-webhook-secret":
-            key = store.keys.rotate_webhook_secret(args.key)
-            print(key.webhook_secret)
+        else:
+            key_id = store.keys.find(args.key).id
+            if args.keys_cmd == "topup":
+                key = admin.topup(Actor.CLI, key_id, parse_amount(args.usd, positive=True))
+                print(f"{key.id} balance: {format_usd(key.balance_micros)} USD")
+            elif args.keys_cmd in ("disable", "enable"):
+                key = admin.set_key_disabled(Actor.CLI, key_id, args.keys_cmd == "disable")
+                print(f"{key.id} {args.keys_cmd}d")
+            elif args.keys_cmd == "rotate-webhook-secret":
+                key = admin.rotate_webhook_secret(Actor.CLI, key_id)
+                print(key.webhook_secret)
     except RequestNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -159,30 +161,41 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from imagegate.billing.money import format_usd
-    from imagegate.billing.pricing import price_for
+    from imagegate.billing.money import format_usd, parse_amount
+    from imagegate.billing.pricing import base_price
     from imagegate.catalog import MODELS
+    from imagegate.jobs.audit import Actor
 
     settings = _settings(args)
     store = _store(settings)
     try:
         if args.models_cmd == "list":
-            switches = store.models.all()
+            switches = store.models.states()
             for spec in MODELS.values():
-                enabled = settings.model(spec.id).enabled and switches.get(spec.id, True)
+                switch = switches.get(spec.id)
+                enabled = settings.model(spec.id).enabled and (switch is None or switch.enabled)
                 weights = settings.model(spec.id).weights or spec.default_weights
                 routes = ", ".join(r.path for r in spec.routes)
-                try:
-                    price = format_usd(price_for(spec, spec.schema.model_construct().model_dump(mode="json"), settings), trim=True)
-                except Exception:
-                    price = "?"
-                print(f"{spec.id}\t{'enabled' if enabled else 'disabled'}\t${price}\t{spec.engine_key}\t{weights}\t{routes}")
+                price = base_price(spec, settings, switch.price_micros if switch else None)
+                shown = "?" if price is None else format_usd(price, trim=True)
+                print(f"{spec.id}\t{'enabled' if enabled else 'disabled'}\t${shown}\t{spec.engine_key}\t{weights}\t{routes}")
             return 0
         if args.id not in MODELS:
             print(f"unknown model id: {args.id}", file=sys.stderr)
             return 2
-        store.models.set_enabled(args.id, args.models_cmd == "enable")
+        if args.models_cmd == "price":
+            if (args.usd is None) == (not args.clear):
+                print("give a price in USD per image, or --clear", file=sys.stderr)
+                return 2
+            micros = None if args.clear else parse_amount(args.usd)
+            store.admin.set_model_price(Actor.CLI, args.id, micros)
+            print(f"{args.id} price: {'cleared' if micros is None else '$' + format_usd(micros, trim=True) + ' per image'}")
+            return 0
+        store.admin.set_model_enabled(Actor.CLI, args.id, args.models_cmd == "enable")
         print(f"{args.id} {args.models_cmd}d")
+    except ValueError as exc:
+        print(f"invalid amount: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.dispose()
     return 0
@@ -196,6 +209,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from imagegate.jobs.audit import Actor
+
+    settings = _settings(args)
+    if settings.admin_token is not None:
+        if args.rotate:
+            print(
+                "admin_token is set in the configuration (or IMAGEGATE_ADMIN_TOKEN), and it wins over a stored "
+                "token: change it there",
+                file=sys.stderr,
+            )
+            return 2
+        print(settings.admin_token)
+        return 0
+    store = _store(settings)
+    try:
+        if args.rotate:
+            plaintext, _stored = store.admin.rotate_admin_token(Actor.CLI)
+            print(plaintext)
+            return 0
+        stored = store.admin_tokens.current()
+    finally:
+        store.dispose()
+    if stored is None:
+        print("no admin token: the admin API is off (`imagegate admin token --rotate` creates one)", file=sys.stderr)
+    else:
+        print(
+            f"an admin token ({stored.token_prefix}…) is stored as a hash and cannot be shown again; "
+            "`imagegate admin token --rotate` replaces it",
+            file=sys.stderr,
+        )
+    return 1
 
 
 def cmd_fixtures(args: argparse.Namespace) -> int:
@@ -254,7 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(ms.add_parser("list"))
     with_config(ms.add_parser("disable")).add_argument("id")
     with_config(ms.add_parser("enable")).add_argument("id")
+    p = with_config(ms.add_parser("price", help="set a runtime price per image (over the catalog's and the config's)"))
+    p.add_argument("id")
+    p.add_argument("usd", nargs="?", help="USD per image, e.g. 0.02")
+    p.add_argument("--clear", action="store_true", help="remove the runtime price")
     models.set_defaults(func=cmd_models)
+
+    admin = with_config(sub.add_parser("admin", help="the admin API's token"))
+    ads = admin.add_subparsers(dest="admin_cmd", required=True)
+    p = with_config(ads.add_parser("token", help="print the configured admin token, or --rotate to store a new one"))
+    p.add_argument("--rotate", action="store_true", help="generate a new token, store its hash, print it once")
+    admin.set_defaults(func=cmd_admin)
 
     fixtures = sub.add_parser("fixtures", help="tiny random-weight checkpoints for offline runs")
     fs = fixtures.add_subparsers(dest="fixtures_cmd", required=True)

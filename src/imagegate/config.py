@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PRESIGN_SECONDS = 86400
@@ -24,6 +24,10 @@ MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
 
 
 LogFormat = Literal["text", "json"]
+
+
+# An admin token shorter than this is refused at start-up: it guards every key and wallet.
+ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 class ModelSettings(BaseModel):
@@ -35,7 +39,11 @@ class ModelSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", env_nested_delimiter="__", extra="ignore")
+    # Errors name the setting, never its value: settings carry secrets (the admin token, passwords
+    # in database URLs).
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGATE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path(".imagegate")
     database_url: str | None = None  # default: sqlite under data_dir
@@ -116,7 +124,15 @@ class Settings(BaseSettings):
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
-    admin_token: str | None = None  # bearer token of the admin API; unset = admin API and pages off
+    # The admin API's bearer token (/admin/v1). Unset, a token stored with `imagegate admin token
+    # --rotate` is used; with neither, the admin API is off (every /admin route answers 404).
+    admin_token: str | None = Field(default=None, min_length=ADMIN_TOKEN_MIN_LENGTH)
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        # IMAGEGATE_ADMIN_TOKEN= (empty) turns the setting off rather than allowing an empty token.
+        return None if value == "" else value
 
     @classmethod
     def settings_customise_sources(

@@ -23,7 +23,6 @@ from imagegate.jobs.store import JobStore
 
 from .network import TcpRelay, TestHost, namespaces_available
 from .support import (
-    FAST,
     FLUX_DEV_PRICE,
     check_books,
     new_key,

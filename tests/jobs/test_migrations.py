@@ -15,7 +15,7 @@ def test_migrations_match_the_declared_schema(store: JobStore) -> None:
         differences = compare_metadata(context, schema.metadata)
         version = context.get_current_revision()
     assert differences == []
-    assert version == "0003"
+    assert version == "0004"
 
 
 def test_an_existing_database_upgrades_in_place(tmp_path) -> None:

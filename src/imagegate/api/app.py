@@ -64,17 +64,29 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(ops_routes.metrics_router)
         app.add_middleware(ops_routes.RequestMetrics)
+    from imagegate.api.admin import router as admin_router
+
+    app.include_router(admin_router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
-        spec["components"]["securitySchemes"] = {
-            "subscriptionKey": {"type": "apiKey", "in": "header", "name": "Ocp-Apim-Subscription-Key"},
-            "secretKey": {"type": "apiKey", "in": "header", "name": "X-Secret-Key"},
-            "bearer": {"type": "http", "scheme": "bearer"},
-        }
+        # Invalid input answers 400 in each protocol's shape (api/errors.py), never FastAPI's 422.
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        if spec["components"]["schemas"].pop("HTTPValidationError", None) is not None:
+            spec["components"]["schemas"].pop("ValidationError", None)  # FastAPI's, which only 422 used
+        # update, not replace: routers declare their own schemes (the admin token's).
+        spec["components"].setdefault("securitySchemes", {}).update(
+            {
+                "subscriptionKey": {"type": "apiKey", "in": "header", "name": "Ocp-Apim-Subscription-Key"},
+                "secretKey": {"type": "apiKey", "in": "header", "name": "X-Secret-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            }
+        )
         app.openapi_schema = spec
         return spec
 

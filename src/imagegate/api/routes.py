@@ -14,7 +14,7 @@ from imagegate.protocol import views
 from imagegate.api.services import Services
 from imagegate.api.submission import read_json, submit
 from imagegate.billing.money import format_usd
-from imagegate.billing.pricing import price_for, to_credits
+from imagegate.billing.pricing import base_price, to_credits
 from imagegate.catalog import MODELS, Auth, ModelSpec, Protocol, Route
 from imagegate.exceptions import ModelNotFoundError, RequestNotFoundError, ValidationError
 from imagegate.media.storage import MEDIA_PATH
@@ -152,11 +152,8 @@ def dojo_models(request: Request) -> JSONResponse:
 
 
 def _base_credits(spec: ModelSpec, services: Services) -> float | None:
-    try:
-        defaults = spec.schema.model_construct().model_dump(mode="json")
-        return to_credits(price_for(spec, defaults, services.settings))
-    except Exception:  # a price that needs an input the defaults lack
-        return None
+    price = base_price(spec, services.settings, services.model_switch(spec.id).price_micros)
+    return None if price is None else to_credits(price)
 
 
 @router.post("/api/v1/models/{model_id}/run", tags=["dojo"], summary="Run a model (dojo protocol)")

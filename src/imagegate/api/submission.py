@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from imagegate.protocol import views
 from imagegate.api.services import Services
-from imagegate.billing.pricing import price_for
 from imagegate.catalog import ModelSpec, Protocol, Route
 from imagegate.exceptions import SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
 from imagegate.jobs.status import JobStatus
@@ -41,7 +40,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_content_type(request: Request) -> None:
+def check_content_type(request: Request) -> None:
     # Every documented example sends `Content-Type: application/json`; a body declared as a form,
     # multipart or text is a client mistake worth naming. No header at all is taken as JSON.
     declared = request.headers.get("content-type")
@@ -77,7 +76,7 @@ def _json_error(exc: ValueError) -> str:
 
 
 async def read_json(request: Request) -> Any:
-    _check_content_type(request)
+    check_content_type(request)
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise ValidationError("body", f"must be at most {MAX_BODY_BYTES // (1024 * 1024)} MB")
@@ -137,7 +136,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         model_id=spec.id,
         protocol=route.protocol.value,
         params=params,
-        price_micros=price_for(spec, params, services.settings),
+        price_micros=services.price(spec, params),
         max_attempts=services.settings.max_attempts,
         webhook_url=webhook_url,
         webhook_mode=webhook_mode,

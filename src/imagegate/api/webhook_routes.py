@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -89,11 +89,17 @@ def list_webhooks(request: Request, request_id: str) -> JSONResponse:
 )
 def redeliver_webhook(request: Request, request_id: str) -> JSONResponse:
     services, job = _owned_job(request, request_id)
+    event = redeliver_final_event(job, _outbox(services).redeliver)
+    return JSONResponse({"request_id": job.id, "event": event_view(event)}, status_code=202)
+
+
+def redeliver_final_event(job: Job, redeliver: Callable[[str], WebhookEvent | None]) -> WebhookEvent:
+    """Queue the job's final-status event again with ``redeliver``, or say why there is none."""
     if not job.webhook_url:
         raise ValidationError("request_id", "was submitted without a webhook; there is nothing to redeliver")
-    event = _outbox(services).redeliver(job.id)
+    event = redeliver(job.id)
     if event is None:
         if not job.status.terminal:
             raise ConflictError(f"Request '{job.id}' has not finished yet ({job.status.value}); no final event to redeliver")
         raise ConflictError(f"Request '{job.id}' has no final-status webhook event (its events filter excludes it)")
-    return JSONResponse({"request_id": job.id, "event": event_view(event)}, status_code=202)
+    return event

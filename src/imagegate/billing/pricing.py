@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from imagegate.billing.money import parse_usd
@@ -21,18 +22,54 @@ def to_credits(micros: int) -> float:
     return int(credits) if credits == int(credits) else round(credits, 4)
 
 
-def price_for(spec: ModelSpec, params: dict[str, Any], settings: Settings) -> int:
+def override_for(spec: ModelSpec, settings: Settings, runtime_micros: int | None = None) -> int | None:
+    """The flat price per image that replaces the catalog's, if any: the operator's runtime
+    override (admin API, ``imagegate models price``) first, then the config's ``price_usd``."""
+    if runtime_micros is not None:
+        return runtime_micros
+    configured = settings.model(spec.id).price_usd
+    return None if configured is None else parse_usd(configured)
+
+
+class PriceSource(str, enum.Enum):
+    RUNTIME = "runtime"  # the operator's override, set while serving
+    CONFIG = "config"  # [models.<id>] price_usd
+    CATALOG = "catalog"  # the seed's price rule
+    DEFAULT = "default"  # default_price_usd per image, for models the seeds do not price
+
+
+def price_source(spec: ModelSpec, settings: Settings, runtime_micros: int | None = None) -> PriceSource:
+    if runtime_micros is not None:
+        return PriceSource.RUNTIME
+    if settings.model(spec.id).price_usd is not None:
+        return PriceSource.CONFIG
+    return PriceSource.DEFAULT if spec.price is None else PriceSource.CATALOG
+
+
+def price_for(spec: ModelSpec, params: dict[str, Any], settings: Settings, runtime_micros: int | None = None) -> int:
     """What is held at submit: the exact price, or the most it can be (see final_price_for)."""
-    override = settings.model(spec.id).price_usd
+    override = override_for(spec, settings, runtime_micros)
     if override is not None:
-        return parse_usd(override) * spec.image_count(params)
+        return override * spec.image_count(params)
     if spec.price is None:
         return parse_usd(settings.default_price_usd) * spec.image_count(params)
     return spec.price(params)
 
 
-def final_price_for(spec: ModelSpec, params: dict[str, Any], result: Any, held: int, settings: Settings) -> int:
-    """The charge once the result is known; never more than what was held."""
-    if spec.final_price is None or settings.model(spec.id).price_usd is not None:
+def base_price(spec: ModelSpec, settings: Settings, runtime_micros: int | None = None) -> int | None:
+    """The price of a request with the schema's defaults (what listings show), or None when the
+    price needs an input the defaults lack."""
+    try:
+        return price_for(spec, spec.schema.model_construct().model_dump(mode="json"), settings, runtime_micros)
+    except Exception:
+        return None
+
+
+def final_price_for(
+    spec: ModelSpec, params: dict[str, Any], result: Any, held: int, settings: Settings, runtime_micros: int | None = None
+) -> int:
+    """The charge once the result is known; never more than what was held. A flat override
+    priced the job at submit already."""
+    if spec.final_price is None or override_for(spec, settings, runtime_micros) is not None:
         return held
     return min(held, spec.final_price(params, result))

@@ -31,6 +31,7 @@ from imagegate.exceptions import (
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_token
+from imagegate.jobs.paging import Page, SortKey, fetch_page
 from imagegate.jobs.status import LedgerKind
 from imagegate.jobs.wakeups import Topic, Wakeups
 
@@ -40,6 +41,8 @@ _keys = schema.api_keys
 _ledger = schema.ledger
 _buckets = schema.rate_limits
 _KEY_BY_HASH = select(_keys).where(_keys.c.key_hash == sa.bindparam("key_hash"))
+_KEYS_NEWEST_FIRST = [SortKey("created_at", _keys.c.created_at, True, float), SortKey("id", _keys.c.id, True, str)]
+_LEDGER_NEWEST_FIRST = [SortKey("id", _ledger.c.id, True, int)]
 
 
 @dataclass
@@ -127,9 +130,9 @@ class KeyRepository:
             row = conn.execute(select(_keys).where(_keys.c.id == key_id)).one()
         return plaintext, ApiKey.from_row(row)
 
-    def find(self, key_or_id: str) -> ApiKey:
+    def find(self, key_or_id: str, conn: Connection | None = None) -> ApiKey:
         """Look a key up by its plaintext, its id or its displayed prefix (operator commands)."""
-        with self.db.read() as conn:
+        with self.db.read(conn) as conn:
             row = conn.execute(
                 select(_keys).where(
                     sa.or_(_keys.c.key_hash == hash_key(key_or_id), _keys.c.id == key_or_id, _keys.c.key_prefix == key_or_id)
@@ -139,8 +142,8 @@ class KeyRepository:
             raise RequestNotFoundError(f"no API key matches {key_or_id!r}")
         return ApiKey.from_row(row)
 
-    def get(self, key_id: str) -> ApiKey:
-        with self.db.read() as conn:
+    def get(self, key_id: str, conn: Connection | None = None) -> ApiKey:
+        with self.db.read(conn) as conn:
             row = conn.execute(select(_keys).where(_keys.c.id == key_id)).first()
         if row is None:
             raise RequestNotFoundError(f"no API key {key_id!r}")
@@ -150,6 +153,14 @@ class KeyRepository:
         with self.db.read() as conn:
             rows = conn.execute(select(_keys).order_by(_keys.c.created_at)).all()
         return [ApiKey.from_row(r) for r in rows]
+
+    def page(self, *, limit: int, cursor: str | None = None, disabled: bool | None = None) -> Page[ApiKey]:
+        """Keys with their balances, newest first."""
+        query = select(_keys)
+        if disabled is not None:
+            query = query.where(_keys.c.disabled.is_(disabled))
+        with self.db.read() as conn:
+            return fetch_page(conn, query, _KEYS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=ApiKey.from_row)
 
     def authenticate(self, plaintext: str | None) -> ApiKey:
         if not plaintext:
@@ -163,25 +174,24 @@ class KeyRepository:
         return key
 
     def topup(self, key_or_id: str, micros: int, conn: Connection | None = None) -> ApiKey:
-        key = self.find(key_or_id)
         with self.db.transaction(conn) as conn:
+            key = self.find(key_or_id, conn)
             self._move(conn, key.id, LedgerKind.TOPUP, micros, None, time.time())
             self.wakeups.publish(conn, Topic.KEY, key.id)
-        return self.get(key.id)
+            return self.get(key.id, conn)
 
-    def set_disabled(self, key_or_id: str, disabled: bool = True) -> ApiKey:
-        key = self.find(key_or_id)
-        with self.db.transaction() as conn:
-            conn.execute(update(_keys).where(_keys.c.id == key.id).values(disabled=disabled))
-            self.wakeups.publish(conn, Topic.KEY, key.id)
-        return self.get(key.id)
+    def set_disabled(self, key_or_id: str, disabled: bool = True, conn: Connection | None = None) -> ApiKey:
+        return self._update(key_or_id, {"disabled": disabled}, conn)
 
-    def rotate_webhook_secret(self, key_or_id: str) -> ApiKey:
-        key = self.find(key_or_id)
-        with self.db.transaction() as conn:
-            conn.execute(update(_keys).where(_keys.c.id == key.id).values(webhook_secret=new_webhook_secret()))
+    def rotate_webhook_secret(self, key_or_id: str, conn: Connection | None = None) -> ApiKey:
+        return self._update(key_or_id, {"webhook_secret": new_webhook_secret()}, conn)
+
+    def _update(self, key_or_id: str, values: dict[str, Any], conn: Connection | None) -> ApiKey:
+        with self.db.transaction(conn) as conn:
+            key = self.find(key_or_id, conn)
+            conn.execute(update(_keys).where(_keys.c.id == key.id).values(**values))
             self.wakeups.publish(conn, Topic.KEY, key.id)
-        return self.get(key.id)
+            return self.get(key.id, conn)
 
     # -- the ledger -------------------------------------------------------------------------------
 
@@ -196,6 +206,12 @@ class KeyRepository:
         with self.db.read() as conn:
             rows = conn.execute(select(_ledger).where(_ledger.c.key_id == key_id).order_by(_ledger.c.id)).all()
         return [LedgerEntry.from_row(r) for r in rows]
+
+    def ledger_page(self, key_id: str, *, limit: int, cursor: str | None = None) -> Page[LedgerEntry]:
+        """A key's ledger, newest entry first."""
+        query = select(_ledger).where(_ledger.c.key_id == key_id)
+        with self.db.read() as conn:
+            return fetch_page(conn, query, _LEDGER_NEWEST_FIRST, cursor=cursor, limit=limit, convert=LedgerEntry.from_row)
 
     def balances(self) -> Iterator[tuple[str, int, int]]:
         """(key id, balance, ledger sum) for every key: the wallet invariant, for tests and checks."""

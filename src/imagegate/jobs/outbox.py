@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
+from imagegate.jobs.paging import Page, SortKey, fetch_page
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.wakeups import Topic, Wakeups
 
@@ -50,6 +51,7 @@ PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"  # every attempt failed until the event's window closed (or it cannot be sent)
 DROPPED = "dropped"  # not sent on purpose: the receiver answered 410, or a newer event superseded it
+EVENT_STATES = (PENDING, DELIVERED, FAILED, DROPPED)
 
 # Progress updates of one job are sent at most this often; updates in between are folded into
 # the one that is waiting.
@@ -73,6 +75,8 @@ GONE_MESSAGE = "the receiver answered 410 Gone: no further deliveries for this r
 
 _events = schema.webhook_events
 _attempts = schema.webhook_attempts
+# Event ids sort in the order they were recorded.
+_EVENTS_NEWEST_FIRST = [SortKey("id", _events.c.id, True, str)]
 
 
 @dataclass
@@ -431,7 +435,20 @@ class OutboxRepository:
             for r in rows
         ]
 
-    def redeliver(self, job_id: str, now: float | None = None) -> WebhookEvent | None:
+    def page(
+        self, *, state: str | None = None, job_id: str | None = None, limit: int, cursor: str | None = None
+    ) -> Page[WebhookEvent]:
+        """Events (deliveries) of every request, newest first."""
+        e = _events
+        query = select(e)
+        if state is not None:
+            query = query.where(e.c.state == state)
+        if job_id is not None:
+            query = query.where(e.c.job_id == job_id)
+        with self._read() as conn:
+            return fetch_page(conn, query, _EVENTS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=WebhookEvent.from_row)
+
+    def redeliver(self, job_id: str, now: float | None = None, conn: Connection | None = None) -> WebhookEvent | None:
         """Queue the request's terminal event again (same webhook-id); None if it has none.
 
         A fresh retry window starts, and a delivery in flight is fenced out (its lease cleared),
@@ -439,7 +456,7 @@ class OutboxRepository:
         """
         e = _events
         now = time.time() if now is None else now
-        with self.db.transaction() as conn:
+        with self.db.transaction(conn) as conn:
             row = conn.execute(
                 select(e).where(e.c.job_id == job_id, e.c.terminal.is_(True)).order_by(e.c.id.desc()).limit(1)
             ).first()

@@ -31,6 +31,7 @@ from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_request_id
 from imagegate.jobs.keys import KeyRepository, RateLimit
 from imagegate.jobs.outbox import OutboxRepository
+from imagegate.jobs.paging import Page, SortKey, TimeRange, fetch_page
 from imagegate.jobs.status import JobStatus
 from imagegate.jobs.wakeups import Topic, Wakeups
 
@@ -40,6 +41,7 @@ CANCELED_MESSAGE = "Canceled by the client"
 _jobs = schema.jobs
 _JOB_BY_ID = select(_jobs).where(_jobs.c.id == sa.bindparam("job_id"))
 _OWN_JOB_BY_ID = _JOB_BY_ID.where(_jobs.c.key_id == sa.bindparam("key_id"))
+_JOBS_NEWEST_FIRST = [SortKey("created_at", _jobs.c.created_at, True, float), SortKey("id", _jobs.c.id, True, str)]
 _ANY_QUEUED = select(_jobs.c.id).where(_jobs.c.status == JobStatus.QUEUED.value).limit(1)
 _QUEUED_AHEAD = select(func.count()).where(
     _jobs.c.status == JobStatus.QUEUED.value,
@@ -111,6 +113,14 @@ class QueuedModel:
     model_id: str
     depth: int
     oldest_created_at: float
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    key_id: str | None = None
+    model_id: str | None = None
+    statuses: tuple[JobStatus, ...] = ()
+    period: TimeRange = TimeRange()  # of created_at
 
 
 @dataclass
@@ -218,15 +228,29 @@ class JobRepository:
         self._changed(conn, job, None)
         return job, True
 
-    def get(self, job_id: str, key_id: str | None = None) -> Job:
+    def get(self, job_id: str, key_id: str | None = None, conn: Connection | None = None) -> Job:
         _not_found_if_unstorable(job_id)
         if key_id is None:
-            row = self.db.read_first(_JOB_BY_ID, {"job_id": job_id})
+            statement, params = _JOB_BY_ID, {"job_id": job_id}
         else:
-            row = self.db.read_first(_OWN_JOB_BY_ID, {"job_id": job_id, "key_id": key_id})
+            statement, params = _OWN_JOB_BY_ID, {"job_id": job_id, "key_id": key_id}
+        row = self.db.read_first(statement, params) if conn is None else conn.execute(statement, params).first()
         if row is None:
             raise RequestNotFoundError(f"Request '{job_id}' not found")
         return Job.from_row(row)
+
+    def page(self, where: JobFilter, *, limit: int, cursor: str | None = None) -> Page[Job]:
+        """Jobs matching ``where``, newest first."""
+        t = _jobs
+        query = select(t).where(*where.period.clauses(t.c.created_at))
+        if where.key_id is not None:
+            query = query.where(t.c.key_id == where.key_id)
+        if where.model_id is not None:
+            query = query.where(t.c.model_id == where.model_id)
+        if where.statuses:
+            query = query.where(t.c.status.in_([s.value for s in where.statuses]))
+        with self.db.read() as conn:
+            return fetch_page(conn, query, _JOBS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=Job.from_row)
 
     def list(self, *, key_id: str | None = None, statuses: Iterable[JobStatus] | None = None) -> list[Job]:
         t = _jobs
@@ -426,7 +450,7 @@ class JobRepository:
             self._changed(conn, Job.from_row(row), JobStatus.PROCESSING)
         return True
 
-    def cancel(self, job_id: str, key_id: str | None) -> Job:
+    def cancel(self, job_id: str, key_id: str | None, conn: Connection | None = None) -> Job:
         """Cancel a job of ``key_id`` (any key's, with None: the operator).
 
         A queued job ends CANCELED now. A running one is flagged (its worker stops at its next
@@ -437,7 +461,7 @@ class JobRepository:
         t = _jobs
         now = time.time()
         own = t.c.id == job_id if key_id is None else and_(t.c.id == job_id, t.c.key_id == key_id)
-        with self.db.transaction() as conn:
+        with self.db.transaction(conn) as conn:
             row = conn.execute(
                 update(t)
                 .where(own, t.c.status == JobStatus.QUEUED.value)

@@ -85,6 +85,9 @@ jobs = Table(
     Index("ix_jobs_model_queue", "status", "model_id", "created_at"),
     Index("ix_jobs_key", "key_id", "created_at"),
     Index("ix_jobs_idempotency", "key_id", "idempotency_key", unique=True),
+    # The operator's listings: every job newest first, and usage over a range of completions.
+    Index("ix_jobs_created", "created_at"),
+    Index("ix_jobs_completed", "completed_at"),
 )
 
 model_states = Table(
@@ -93,6 +96,8 @@ model_states = Table(
     Column("model_id", String(80), primary_key=True),
     Column("enabled", Boolean, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The operator's runtime price per image (admin API), over the catalog's and the config's.
+    Column("price_micros", BigInteger, nullable=True),
 )
 
 webhook_events = Table(
@@ -188,4 +193,13 @@ audit_log = Table(
     Column("target", String(200), nullable=True),
     Column("detail", JSON, nullable=True),
     Index("ix_audit_log_at", "at"),
+)
+
+# The admin API's bearer token when it is not set in the configuration: only its hash is kept.
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("token_prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
 )

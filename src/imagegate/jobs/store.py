@@ -6,6 +6,10 @@ lives in a repository of this package; nothing above it writes SQL.
 - :attr:`JobStore.models` — the operator's model switches (:mod:`imagegate.jobs.switches`)
 - :attr:`JobStore.outbox` — webhook events and attempts (:mod:`imagegate.jobs.outbox`)
 - :attr:`JobStore.workers` — the worker registry (:mod:`imagegate.jobs.workers`)
+- :attr:`JobStore.usage` — requests, images and spend per key, model and day (:mod:`imagegate.jobs.usage`)
+- :attr:`JobStore.audit` — the audit log (:mod:`imagegate.jobs.audit`)
+- :attr:`JobStore.admin_tokens` — the stored admin token (:mod:`imagegate.jobs.admin_tokens`)
+- :attr:`JobStore.admin` — the operator's changes, each with its audit row (:mod:`imagegate.jobs.admin`)
 
 Repositories share the store's :class:`~imagegate.jobs.database.Database`; their write methods
 take an optional connection, so a caller can put several of them in one transaction. Changes are
@@ -16,11 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from imagegate.jobs.admin import AdminActions
+from imagegate.jobs.admin_tokens import AdminTokenRepository
+from imagegate.jobs.audit import AuditRepository
 from imagegate.jobs.database import Database
 from imagegate.jobs.keys import ApiKey, KeyRepository, LedgerEntry
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.queue import Job, JobRepository, NewJob
 from imagegate.jobs.switches import ModelSwitchRepository
+from imagegate.jobs.usage import UsageRepository
 from imagegate.jobs.wakeups import Wakeups
 from imagegate.jobs.workers import WorkerRepository
 
@@ -39,6 +47,12 @@ class JobStore:
         self.outbox = OutboxRepository(self.db, self.wakeups, retry_seconds=webhook_retry_hours * 3600.0)
         self.jobs = JobRepository(self.db, self.keys, self.outbox, self.wakeups)
         self.workers = WorkerRepository(self.db)
+        self.usage = UsageRepository(self.db)
+        self.audit = AuditRepository(self.db)
+        self.admin_tokens = AdminTokenRepository(self.db)
+        self.admin = AdminActions(
+            self.db, keys=self.keys, models=self.models, jobs=self.jobs, outbox=self.outbox, audit=self.audit, tokens=self.admin_tokens
+        )
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "JobStore":

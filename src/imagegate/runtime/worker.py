@@ -450,7 +450,8 @@ class Worker:
 
             result = self._run_engine(spec, call, on_step)
             output = self._store_outputs(job, spec, params, result)
-            charge = final_price_for(spec, params, result, job.price_micros, self.settings)
+            runtime_price = self.store.models.price_override(spec.id) if spec.final_price is not None else None
+            charge = final_price_for(spec, params, result, job.price_micros, self.settings, runtime_price)
             return JobStatus.COMPLETED, output, None, charge
         except _ShutdownAbort:
             raise
