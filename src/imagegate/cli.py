@@ -54,6 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_format)
     store = _store(settings)
+    if settings.metrics_enabled:
+        from imagegate.telemetry.metrics import count_statements
+
+        count_statements(store, "api")
     slots = worker_slots(settings)
     supervisor = WorkerSupervisor(settings, slots, store=store) if slots else None
     if supervisor:

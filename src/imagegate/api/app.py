@@ -39,6 +39,10 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         if store is None:
             store = JobStore.from_settings(settings)
             store.migrate()
+            if settings.metrics_enabled:
+                from imagegate.telemetry.metrics import count_statements
+
+                count_statements(store, "api")
         app.state.services = services = Services.create(settings, store)
         try:
             yield

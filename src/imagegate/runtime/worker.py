@@ -433,6 +433,7 @@ class Worker:
         if spec is None:
             return JobStatus.ERROR, None, f"Model '{job.model_id}' is not in this server's catalog (not charged)", None
         try:
+            started = time.perf_counter()
             inputs = self._fetch_inputs(spec, job.params)
             params = dict(job.params)
             if params.get("seed") is None:
@@ -448,8 +449,17 @@ class Worker:
                 if state.cancel or state.lost:
                     raise JobCanceledError("Canceled by the client")
 
+            engine_started = time.perf_counter()
             result = self._run_engine(spec, call, on_step)
+            engine_ended = time.perf_counter()
             output = self._store_outputs(job, spec, params, result)
+            # Where the job's time went inside the worker; the queue benchmark subtracts the
+            # engine's share to measure what imagegate adds around a model.
+            output["timings"] = {
+                "inputs_ms": round((engine_started - started) * 1000, 3),
+                "engine_ms": round((engine_ended - engine_started) * 1000, 3),
+                "outputs_ms": round((time.perf_counter() - engine_ended) * 1000, 3),
+            }
             runtime_price = self.store.models.price_override(spec.id) if spec.final_price is not None else None
             charge = final_price_for(spec, params, result, job.price_micros, self.settings, runtime_price)
             return JobStatus.COMPLETED, output, None, charge
@@ -644,6 +654,10 @@ def run_worker(
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
     store.migrate()
+    if settings.metrics_enabled:
+        from imagegate.telemetry.metrics import count_statements
+
+        count_statements(store, "worker")
     worker = Worker(settings, store, model_ids=model_ids, worker_id=worker_id, gpu=gpu)
     stop_telemetry = start_worker_telemetry(settings, store, worker.worker_id, health_port)
     worker.install_signal_handlers()
