@@ -106,7 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from imagegate.billing.money import format_usd, parse_usd
-    from imagegate.exceptions import RequestNotFoundError
+    from imagegate.exceptions import RequestNotFoundError, ValidationError
 
     store = _store(_settings(args))
     try:
@@ -136,7 +136,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except RequestNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except ValueError as exc:
+    except (ValueError, ValidationError) as exc:
         print(f"invalid amount: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -214,3 +214,18 @@ def test_polls_survive_connections_the_server_dropped(store: JobStore) -> None:
     for _ in range(6):  # every stale connection of the pool would fail a read without the retry
         assert store.jobs.get(job.id, key.id).status is JobStatus.QUEUED
         assert store.keys.authenticate(plaintext).id == key.id
+
+
+def test_wallet_amounts_are_checked_where_they_are_written(sqlite_store: JobStore) -> None:
+    from imagegate.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        sqlite_store.keys.create(balance_micros=-5_000_000)
+    assert info.value.field == "balance" and info.value.rule.startswith("must be ≥ 0 USD")
+    _, key = sqlite_store.keys.create(balance_micros=1_000_000)
+    for micros in (-10_000, 0, 10**18):
+        with pytest.raises(ValidationError) as info:
+            sqlite_store.keys.topup(key.id, micros)
+        assert info.value.field == "amount"
+    assert sqlite_store.keys.get(key.id).balance_micros == 1_000_000 == sqlite_store.keys.ledger_sum(key.id)
+    assert len(sqlite_store.keys.list()) == 1

@@ -18,13 +18,23 @@ import sqlalchemy as sa
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from imagegate.exceptions import AuthenticationError, InsufficientBalanceError, KeyDisabledError, RequestNotFoundError
+from imagegate.billing.money import MICROS_PER_USD, format_usd
+from imagegate.exceptions import (
+    AuthenticationError,
+    InsufficientBalanceError,
+    KeyDisabledError,
+    RequestNotFoundError,
+    ValidationError,
+)
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
 from imagegate.jobs.ids import new_token
 from imagegate.jobs.status import LedgerKind
 
 KEY_PREFIX = "ig_"
+# The most one top-up (or starting balance) may be: beyond any real wallet, and far from what
+# the 64-bit balance and ledger columns can count.
+MAX_TOPUP_MICROS = 1_000_000_000 * MICROS_PER_USD
 
 _keys = schema.api_keys
 _ledger = schema.ledger
@@ -70,6 +80,15 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def _check_amount(field: str, micros: int, *, zero_ok: bool) -> None:
+    """The rule for money an operator puts into a wallet (CLI and admin API alike)."""
+    shown = f"(got {format_usd(micros, trim=True)} USD)"
+    if micros < 0 or (micros == 0 and not zero_ok):
+        raise ValidationError(field, f"must be {'≥' if zero_ok else '>'} 0 USD {shown}")
+    if micros > MAX_TOPUP_MICROS:
+        raise ValidationError(field, f"must be at most {format_usd(MAX_TOPUP_MICROS, trim=True)} USD {shown}")
+
+
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
@@ -82,6 +101,7 @@ class KeyRepository:
 
     def create(self, *, name: str = "", balance_micros: int = 0, conn: Connection | None = None) -> tuple[str, ApiKey]:
         """A new key; returns its plaintext (shown once) and its record."""
+        _check_amount("balance", balance_micros, zero_ok=True)
         plaintext = KEY_PREFIX + new_token(24)
         now = time.time()
         key_id = "key_" + new_token(9)
@@ -139,6 +159,7 @@ class KeyRepository:
         return key
 
     def topup(self, key_or_id: str, micros: int, conn: Connection | None = None) -> ApiKey:
+        _check_amount("amount", micros, zero_ok=False)
         key = self.find(key_or_id)
         with self.db.transaction(conn) as conn:
             self._move(conn, key.id, LedgerKind.TOPUP, micros, None, time.time())
