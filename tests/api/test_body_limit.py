@@ -9,13 +9,12 @@ import io
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 from PIL import Image
 
-from harness import RunningServer, start_server, wait_status
+from harness import RunningServer, peak_rss, start_server, wait_status
 from imagegate.api.body_limit import MAX_BODY_BYTES, MULTIPART_MARGIN_BYTES, UPLOAD_PATH
 
 SUB = "Ocp-Apim-Subscription-Key"
@@ -41,13 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def key(server: RunningServer) -> str:
     return server.create_key("10", name="body-limit")
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def connect(server: RunningServer) -> socket.socket:
