@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def _postgres_available() -> bool:
 def png_bytes(image: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of ``files`` (name -> bytes), as a client would upload a dataset."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
     return buf.getvalue()
 
 

@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 import urllib.parse
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -116,14 +115,6 @@ def truncated_png() -> bytes:
 
 
 # -- zips and LoRA files -----------------------------------------------------------------------------
-
-
-def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
 
 
 def patch_member(archive: bytes, name: str, **fields: int) -> bytes:

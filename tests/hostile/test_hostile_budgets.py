@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import RunningServer, peak_rss, start_server
+from harness import RunningServer, peak_rss, start_server, zip_of
 
 from .support import (
     SUB,
@@ -23,7 +23,6 @@ from .support import (
     small_png,
     truncated_png,
     wait_terminal,
-    zip_of,
 )
 
 TRAINER_831 = "/flux-2-pro-image-to-image-trainer-831/v1/flux-2-pro-image-to-image-trainer-request"

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import RunningServer
+from harness import RunningServer, zip_of
 from PIL import Image, ImageStat
 
 from imagegate.catalog import MODELS, Auth
@@ -51,7 +51,6 @@ from .support import (
     small_png,
     truncated_png,
     wait_terminal,
-    zip_of,
 )
 
 FLUX_DEV = "/flux-dev/v1/dev/textToImage"

@@ -3,10 +3,8 @@ headers before any decoding, and a zip's faults reported as the request's."""
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import pytest
+from harness import zip_of
 from PIL import Image
 
 from imagegate.exceptions import InputError
@@ -17,14 +15,6 @@ from .support import bilevel_png, encode_with_pillow, quadrant_image
 FIELD = "image_data_url"
 AREA = 64 * 64
 LIMITS = DatasetLimits(max_member_bytes=4 * 1024 * 1024, max_image_pixels=50_000_000, max_total_pixels=60_000_000, fit_area=AREA)
-
-
-def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
 
 
 def expect(data: bytes, words: str, limits: DatasetLimits = LIMITS, min_images: int = 1) -> InputError:
