@@ -49,7 +49,8 @@ class LoraCache:
         """The local files of ``sources`` ((url, field) pairs), in order; InputError naming the
         field of the first that cannot be fetched or is not a LoRA (the rest are not fetched)."""
         paths = [self._fetch(fetcher, url, field) for url, field in sources]
-        self._evict(keep=set(paths))
+        if paths:
+            self._evict(keep=set(paths))
         return paths
 
     def _fetch(self, fetcher: InputFetcher, url: str, field: str) -> Path:
