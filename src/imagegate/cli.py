@@ -157,7 +157,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:
-        print(f"invalid amount: {exc}", file=sys.stderr)
+        field = "--balance" if args.keys_cmd == "create" else "USD"
+        print(f"invalid amount: {field} {exc}", file=sys.stderr)
         return 2
     finally:
         store.dispose()

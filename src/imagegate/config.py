@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     max_input_bytes: int = 25 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     fetch_timeout_seconds: float = 20.0
+    # A training dataset's images together, counted from their headers before any is decoded.
+    max_dataset_pixels: int = Field(default=500_000_000, gt=0)
+    # Downloaded LoRAs kept under data_dir/loras; past it the least recently used go.
+    lora_cache_gb: float = Field(default=2.0, gt=0)
 
     # Webhooks.
     allow_http_webhooks: bool = False  # http:// to loopback, for development

@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 
 from imagegate import __version__
 from imagegate.api import errors, ops_routes
+from imagegate.api.body_limit import BodyLimitMiddleware
 from imagegate.api.routes import add_model_routes, router
 from imagegate.api.services import Services
 from imagegate.config import Settings
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     schemas: dict[str, Any] = {}
     add_model_routes(app, schemas)
     app.include_router(router)

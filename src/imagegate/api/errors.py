@@ -1,8 +1,15 @@
-"""The one place where exceptions become HTTP responses, in the shape of each protocol."""
+"""The one place where exceptions become HTTP responses, in the shape of each protocol.
+
+Which shape a response takes is decided by :func:`error_style` from the request's path, once;
+:func:`error_json` renders any error in that shape. Handlers and middleware (the body limit
+answers before a route runs) go through both.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +24,7 @@ from imagegate.exceptions import (
     InsufficientBalanceError,
     KeyDisabledError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     RateLimitedError,
     RequestError,
     RequestNotFoundError,
@@ -48,6 +56,7 @@ STATUS_CODES: dict[type[RequestError], int] = {
     RequestError: 400,
     ValidationError: 400,
     UnsupportedMediaTypeError: 415,
+    PayloadTooLargeError: 413,
     AuthenticationError: 401,
     KeyDisabledError: 403,
     ModelNotFoundError: 400,
@@ -79,8 +88,7 @@ DOJO_CODES = {
 }
 
 
-# The admin API's one error shape, {"error": {"code", "message"}}: its code for each status.
-ADMIN_PREFIX = "/admin/"
+# The admin API's code for each status (its shape is the dojo protocol's).
 ADMIN_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -97,48 +105,73 @@ ADMIN_CODES = {
 }
 
 
-def is_dojo(request: Request) -> bool:
-    return request.url.path.startswith("/api/v1/")
+class ErrorStyle(enum.Enum):
+    QUEUE = "queue"  # {"error": <title or message>, "message": ..., "field"?}
+    DOJO = "dojo"  # {"error": {"code", "message"}}
+    ADMIN = "admin"  # {"error": {"code", "message"}}, codes by status (ADMIN_CODES)
+    OPENAI = "openai"  # {"error": {"message", "type", "param", "code"}}
 
 
-def is_admin(request: Request) -> bool:
-    return request.url.path.startswith(ADMIN_PREFIX)
+def error_style(path: str) -> ErrorStyle:
+    """The protocol whose error shape answers a request for ``path``."""
+    if path.startswith("/api/v1/"):
+        return ErrorStyle.DOJO
+    if path.startswith("/admin/"):
+        return ErrorStyle.ADMIN
+    if path.startswith("/v1/"):
+        return ErrorStyle.OPENAI
+    return ErrorStyle.QUEUE
 
 
-def coded_error(code: str, message: str, status_code: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The nested shape the dojo protocol and the admin API share."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
-
-
-def admin_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return coded_error(ADMIN_CODES.get(status_code, "error"), message, status_code, headers)
+def error_json(
+    path: str,
+    status_code: int,
+    message: str,
+    *,
+    code: str,
+    error: str | None = None,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error in the shape of the protocol that ``path`` belongs to. ``code`` is the
+    machine-readable code (dojo, OpenAI); ``error`` the queue style's ``error`` text (the
+    status's title unless given); ``field`` the offending field, where there is one."""
+    style = error_style(path)
+    body: dict[str, Any]
+    if style is ErrorStyle.DOJO:
+        body = {"error": {"code": code, "message": message}}
+    elif style is ErrorStyle.ADMIN:
+        body = {"error": {"code": ADMIN_CODES.get(status_code, "error"), "message": message}}
+    elif style is ErrorStyle.OPENAI:
+        kind = "server_error" if status_code >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
+    else:
+        body = {"error": error or TITLES.get(status_code, "Error"), "message": message}
+        if field is not None:
+            body["field"] = field
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def error_response(request: Request, exc: RequestError) -> JSONResponse:
     headers = {}
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    path = request.url.path
     status_code = status_code_for(exc)
-    if is_admin(request):
-        if isinstance(exc, AuthenticationError):
-            headers["WWW-Authenticate"] = "Bearer"
-        return admin_error(status_code, exc.message, headers)
-    if is_dojo(request):
-        code, status = DOJO_CODES.get(type(exc), ("invalid_request", status_code))
+    if error_style(path) is ErrorStyle.ADMIN and isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
+    code, dojo_status = DOJO_CODES.get(type(exc), ("invalid_request", status_code))
+    if error_style(path) is ErrorStyle.DOJO:
+        status_code = dojo_status
         if isinstance(exc, InsufficientBalanceError):
             from imagegate.billing.pricing import to_credits
 
             message = f"Not enough credits. Required: {to_credits(exc.required_micros)}"
-        else:
-            message = exc.message
-        return coded_error(code, message, status, headers)
+            return error_json(path, status_code, message, code=code, headers=headers)
     if isinstance(exc, ValidationError):
-        body = {"error": exc.message, "message": exc.message, "field": exc.field}
-    elif isinstance(exc, ModelNotFoundError):
-        body = {"error": "Model not found", "message": exc.message}
-    else:
-        body = {"error": TITLES.get(status_code, "Error"), "message": exc.message}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+        return error_json(path, status_code, exc.message, code=code, error=exc.message, field=exc.field, headers=headers)
+    error = "Model not found" if isinstance(exc, ModelNotFoundError) else None
+    return error_json(path, status_code, exc.message, code=code, error=error, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -158,33 +191,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if is_admin(request):
-            return admin_error(exc.status_code, str(exc.detail), exc.headers)
-        if is_dojo(request):
-            code = "not_found" if exc.status_code == 404 else "invalid_request"
-            return coded_error(code, str(exc.detail), exc.status_code)
-        return JSONResponse(
-            {"error": TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)}, status_code=exc.status_code
-        )
+        code = "not_found" if exc.status_code == 404 else "invalid_request"
+        return error_json(request.url.path, exc.status_code, str(exc.detail), code=code, headers=exc.headers)
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
         # A database restart or failover: nothing was committed, so the client may simply retry
         # (with its Idempotency-Key, to be safe).
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
-        headers = {"Retry-After": "2"}
         message = "The database is unavailable; retry shortly"
-        if is_admin(request):
-            return admin_error(503, message, headers)
-        if is_dojo(request):
-            return coded_error("internal_error", message, 503, headers)
-        return JSONResponse({"error": "Service Unavailable", "message": message}, status_code=503, headers=headers)
+        return error_json(request.url.path, 503, message, code="internal_error", headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        if is_admin(request):
-            return admin_error(500, "Internal server error")
-        if is_dojo(request):
-            return coded_error("internal_error", "Internal server error", 500)
-        return JSONResponse({"error": "Internal Server Error", "message": "Internal server error"}, status_code=500)
+        return error_json(request.url.path, 500, "Internal server error", code="internal_error")
