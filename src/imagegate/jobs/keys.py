@@ -170,6 +170,14 @@ class KeyRepository:
             rows = conn.execute(select(_ledger).where(_ledger.c.key_id == key_id).order_by(_ledger.c.id)).all()
         return [LedgerEntry.from_row(r) for r in rows]
 
+    def ledger_page(self, key_id: str, *, limit: int, before: int | None = None) -> list[LedgerEntry]:
+        """One page of a key's ledger, newest first: ``limit`` rows with ids below ``before``."""
+        query = select(_ledger).where(_ledger.c.key_id == key_id).order_by(_ledger.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(_ledger.c.id < before)
+        with self.db.read() as conn:
+            return [LedgerEntry.from_row(r) for r in conn.execute(query).all()]
+
     def balances(self) -> Iterator[tuple[str, int, int]]:
         """(key id, balance, ledger sum) for every key: the wallet invariant, for tests and checks."""
         for key in self.list():

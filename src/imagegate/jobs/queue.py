@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.exceptions import IdempotencyConflictError, RequestNotFoundError
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
-from imagegate.jobs.ids import new_request_id
+from imagegate.jobs.ids import new_request_id, unstorable
 from imagegate.jobs.keys import KeyRepository
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.status import JobStatus
@@ -37,6 +37,7 @@ CANCELED_MESSAGE = "Canceled by the client"
 _jobs = schema.jobs
 _JOB_BY_ID = select(_jobs).where(_jobs.c.id == sa.bindparam("job_id"))
 _OWN_JOB_BY_ID = _JOB_BY_ID.where(_jobs.c.key_id == sa.bindparam("key_id"))
+_SUMMARY_COLUMNS = [column for column in _jobs.c if column.name != "params"]
 _ANY_QUEUED = select(_jobs.c.id).where(_jobs.c.status == JobStatus.QUEUED.value).limit(1)
 _ANY_QUEUED_FOR = (
     select(_jobs.c.id)
@@ -114,7 +115,7 @@ class NewJob:
 def _not_found_if_unstorable(job_id: str) -> None:
     """An id no job can have (a NUL, which PostgreSQL text refuses, or a lone surrogate, which no
     driver can encode) is simply not found, rather than an error from the database."""
-    if "\x00" in job_id or any("\ud800" <= ch <= "\udfff" for ch in job_id):
+    if unstorable(job_id):
         shown = job_id.encode("utf-8", "backslashreplace").decode("utf-8")
         raise RequestNotFoundError(f"Request '{shown}' not found")
 
@@ -209,6 +210,32 @@ class JobRepository:
             query = query.where(t.c.status.in_([s.value for s in statuses]))
         with self.db.read() as conn:
             return [Job.from_row(r) for r in conn.execute(query).all()]
+
+    def page(
+        self,
+        key_id: str,
+        *,
+        limit: int,
+        before: tuple[float, str] | None = None,
+        statuses: Iterable[JobStatus] | None = None,
+    ) -> list[Job]:
+        """One page of a key's jobs, newest first: ``limit`` of them created before ``before``
+        (the ``(created_at, id)`` of the last job of the previous page). Their parameters are
+        left out (they can hold whole images)."""
+        t = _jobs
+        query = (
+            select(*_SUMMARY_COLUMNS)
+            .where(t.c.key_id == key_id)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            created_at, job_id = before
+            query = query.where(sa.or_(t.c.created_at < created_at, and_(t.c.created_at == created_at, t.c.id < job_id)))
+        if statuses is not None:
+            query = query.where(t.c.status.in_([s.value for s in statuses]))
+        with self.db.read() as conn:
+            return [Job.from_snapshot(dict(row._mapping)) for row in conn.execute(query).all()]
 
     # -- the worker's side ------------------------------------------------------------------------
 

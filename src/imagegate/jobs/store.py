@@ -6,6 +6,7 @@ lives in a repository of this package; nothing above it writes SQL.
 - :attr:`JobStore.models` — the operator's model switches (:mod:`imagegate.jobs.switches`)
 - :attr:`JobStore.outbox` — webhook events and attempts (:mod:`imagegate.jobs.outbox`)
 - :attr:`JobStore.workers` — the worker registry (:mod:`imagegate.jobs.workers`)
+- :attr:`JobStore.uploads` — files keys uploaded as inputs (:mod:`imagegate.jobs.uploads`)
 
 Repositories share the store's :class:`~imagegate.jobs.database.Database`; their write methods
 take an optional connection, so a caller can put several of them in one transaction.
@@ -20,12 +21,13 @@ from imagegate.jobs.keys import ApiKey, KeyRepository, LedgerEntry
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.queue import Job, JobRepository, NewJob
 from imagegate.jobs.switches import ModelSwitchRepository
+from imagegate.jobs.uploads import Upload, UploadRepository
 from imagegate.jobs.workers import WorkerRepository
 
 if TYPE_CHECKING:
     from imagegate.config import Settings
 
-__all__ = ["ApiKey", "Job", "JobStore", "LedgerEntry", "NewJob"]
+__all__ = ["ApiKey", "Job", "JobStore", "LedgerEntry", "NewJob", "Upload"]
 
 
 class JobStore:
@@ -36,6 +38,7 @@ class JobStore:
         self.outbox = OutboxRepository(self.db, retry_seconds=webhook_retry_hours * 3600.0)
         self.jobs = JobRepository(self.db, self.keys, self.outbox)
         self.workers = WorkerRepository(self.db)
+        self.uploads = UploadRepository(self.db)
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "JobStore":
