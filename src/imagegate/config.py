@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # 404); 0 keeps them until the operator deletes them.
     media_retention_days: float = Field(default=0.0, ge=0)
 
+    # Uploaded inputs (POST /v2/files) are usable, and kept, this long.
+    upload_ttl_hours: float = Field(default=24.0, gt=0)
+
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 

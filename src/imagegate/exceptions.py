@@ -5,7 +5,8 @@ Hierarchy::
     ImagegateError
     ├── RequestError                 the client's request cannot be served (4xx at the edge)
     │   ├── ValidationError          a field breaks a rule (400)
-    │   │   └── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
+    │   │   ├── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
+    │   │   └── PayloadTooLargeError       the body, or a file in it, is over its limit (413)
     │   ├── AuthenticationError      missing or unknown key (401)
     │   ├── KeyDisabledError         the key exists but is disabled (403)
     │   ├── ModelNotFoundError       unknown or disabled model (400, dojo 404)
@@ -55,6 +56,10 @@ class ValidationError(RequestError):
 
 class UnsupportedMediaTypeError(ValidationError):
     """The body is declared as something other than what the route reads."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """The body, or a file in it, is larger than the route accepts."""
 
 
 class AuthenticationError(RequestError):
@@ -118,6 +123,7 @@ class InputError(JobError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 

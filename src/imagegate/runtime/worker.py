@@ -87,6 +87,7 @@ class _RunState:
     abort: bool = False
     lost: bool = False
     progress: float = 0.0
+    detail: dict[str, Any] | None = None
 
 
 class Worker:
@@ -101,6 +102,7 @@ class Worker:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
         from imagegate.media.storage import open_storage
+        from imagegate.media.uploads import StoredUploads
 
         self.settings = settings
         self.store = store
@@ -108,6 +110,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token(4)}"
         self.storage = open_storage(settings.resolved_storage_url)
         self.fetcher = InputFetcher.from_settings(settings)
+        self.fetcher.own_inputs = StoredUploads(store, self.storage, settings)
         self.manager = ModelManager(
             device=settings.device,
             dtype=settings.dtype,
@@ -241,7 +244,7 @@ class Worker:
         while not stop.wait(interval):
             progress = state.progress if state.progress != last_progress else None
             try:
-                result = self.store.jobs.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress)
+                result = self.store.jobs.heartbeat(state.job.id, self.worker_id, self.settings.lease_seconds, progress, state.detail)
             except DB_ERRORS as exc:
                 if not _db_unavailable(exc):
                     raise
@@ -269,7 +272,8 @@ class Worker:
         if spec is None:
             return JobStatus.ERROR, None, f"Model '{job.model_id}' is not in this server's catalog (not charged)", None
         try:
-            inputs = self._fetch_inputs(spec, job.params)
+            with self.fetcher.on_behalf_of(job.key_id):
+                inputs = self._fetch_inputs(spec, job.params)
             params = dict(job.params)
             if params.get("seed") is None:
                 params["seed"] = random.randint(0, 2**32 - 1)
@@ -277,6 +281,7 @@ class Worker:
 
             def on_step(step: int, total: int) -> None:
                 state.progress = round(step / max(total, 1), 4)
+                state.detail = {"step": step, "steps": total}
                 if state.abort:
                     raise _ShutdownAbort()
                 if state.cancel or state.lost:
