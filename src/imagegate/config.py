@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     # Uploaded inputs (POST /v2/files) are usable, and kept, this long.
     upload_ttl_hours: float = Field(default=24.0, gt=0)
+    # Event streams (GET /v2/requests/{id}/events) send a keep-alive comment after this much
+    # silence, so proxies do not close them.
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)

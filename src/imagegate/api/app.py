@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imagegate import __version__
-from imagegate.api import errors
-from imagegate.api.routes import add_model_routes, router
+from imagegate.api import catalog, errors, events, files, history, webhook_routes
+from imagegate.api.routes import add_model_routes, register_schema, router
 from imagegate.api.services import Services
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
+from imagegate.protocol.models import ProgressEvent, QueueStatus
 
 
 SETTINGS_ENV = "IMAGEGATE_SERVE_SETTINGS_JSON"
@@ -25,6 +26,23 @@ def create_app_from_environment() -> FastAPI:
     import os
 
     return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def _only_real_responses(spec: dict[str, Any]) -> None:
+    """Drop what FastAPI documents on its own but imagegate never sends: 422 (bad parameters
+    answer 400 in the protocol's error shape, documented per route) and an empty JSON body beside
+    the one content type a route really sends (media, event streams)."""
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for response in responses.values():
+                content = response.get("content", {})
+                if len(content) > 1 and content.get("application/json") == {"schema": {}}:
+                    del content["application/json"]
+    schemas = spec.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
 
 
 def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
@@ -53,14 +71,17 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     schemas: dict[str, Any] = {}
     add_model_routes(app, schemas)
     app.include_router(router)
-    from imagegate.api.webhook_routes import router as webhook_router
-
-    app.include_router(webhook_router)
+    for module in (webhook_routes, catalog, history, events, files):
+        app.include_router(module.router)
+    # Bodies the routes read or stream themselves, which FastAPI cannot see.
+    for model in (ProgressEvent, QueueStatus):
+        register_schema(schemas, model)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        _only_real_responses(spec)
         spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
         spec["components"]["securitySchemes"] = {
             "subscriptionKey": {"type": "apiKey", "in": "header", "name": "Ocp-Apim-Subscription-Key"},

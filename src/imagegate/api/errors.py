@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imagegate.api.responses import answer
 from imagegate.exceptions import (
     AuthenticationError,
     ConflictError,
@@ -17,6 +18,7 @@ from imagegate.exceptions import (
     InsufficientBalanceError,
     KeyDisabledError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     RateLimitedError,
     RequestError,
     RequestNotFoundError,
@@ -24,6 +26,7 @@ from imagegate.exceptions import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
+from imagegate.protocol.models import DojoError, DojoErrorDetail, QueueError
 
 log = logging.getLogger("imagegate.api")
 
@@ -48,6 +51,7 @@ STATUS_CODES: dict[type[RequestError], int] = {
     RequestError: 400,
     ValidationError: 400,
     UnsupportedMediaTypeError: 415,
+    PayloadTooLargeError: 413,
     AuthenticationError: 401,
     KeyDisabledError: 403,
     ModelNotFoundError: 400,
@@ -78,9 +82,17 @@ DOJO_CODES = {
     SyncTimeoutError: ("internal_error", 504),
 }
 
-
 def is_dojo(request: Request) -> bool:
     return request.url.path.startswith("/api/v1/")
+
+
+def plain_error(request: Request, status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error that is no RequestError (an unknown route, the database away, a bug), in the
+    shape of the protocol the request speaks."""
+    if is_dojo(request):
+        code = "not_found" if status_code == 404 else "internal_error" if status_code >= 500 else "invalid_request"
+        return answer(DojoError(error=DojoErrorDetail(code=code, message=message)), status_code, headers)
+    return answer(QueueError(error=TITLES.get(status_code, "Error"), message=message), status_code, headers)
 
 
 def error_response(request: Request, exc: RequestError) -> JSONResponse:
@@ -96,14 +108,14 @@ def error_response(request: Request, exc: RequestError) -> JSONResponse:
             message = f"Not enough credits. Required: {to_credits(exc.required_micros)}"
         else:
             message = exc.message
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+        return answer(DojoError(error=DojoErrorDetail(code=code, message=message)), status, headers)
     if isinstance(exc, ValidationError):
-        body = {"error": exc.message, "message": exc.message, "field": exc.field}
+        body = QueueError(error=exc.message, message=exc.message, field=exc.field)
     elif isinstance(exc, ModelNotFoundError):
-        body = {"error": "Model not found", "message": exc.message}
+        body = QueueError(error="Model not found", message=exc.message)
     else:
-        body = {"error": TITLES.get(status_code, "Error"), "message": exc.message}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+        body = QueueError(error=TITLES.get(status_code, "Error"), message=exc.message)
+    return answer(body, status_code, headers)
 
 
 def install(app: FastAPI) -> None:
@@ -119,27 +131,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if is_dojo(request):
-            code = "not_found" if exc.status_code == 404 else "invalid_request"
-            return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
-        return JSONResponse(
-            {"error": TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)}, status_code=exc.status_code
-        )
+        return plain_error(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
         # A database restart or failover: nothing was committed, so the client may simply retry
         # (with its Idempotency-Key, to be safe).
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
-        headers = {"Retry-After": "2"}
-        message = "The database is unavailable; retry shortly"
-        if is_dojo(request):
-            return JSONResponse({"error": {"code": "internal_error", "message": message}}, status_code=503, headers=headers)
-        return JSONResponse({"error": "Service Unavailable", "message": message}, status_code=503, headers=headers)
+        return plain_error(request, 503, "The database is unavailable; retry shortly", {"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        if is_dojo(request):
-            return JSONResponse({"error": {"code": "internal_error", "message": "Internal server error"}}, status_code=500)
-        return JSONResponse({"error": "Internal Server Error", "message": "Internal server error"}, status_code=500)
+        return plain_error(request, 500, "Internal server error")

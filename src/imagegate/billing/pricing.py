@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagegate.billing.money import parse_usd
-from imagegate.catalog.base import ModelSpec
+from imagegate.catalog.base import IMAGE_COUNT_FIELDS, ModelSpec
 from imagegate.config import Settings
 
 # One credit of the dojo protocol (row 3) in USD.
@@ -29,6 +29,20 @@ def price_for(spec: ModelSpec, params: dict[str, Any], settings: Settings) -> in
     if spec.price is None:
         return parse_usd(settings.default_price_usd) * spec.image_count(params)
     return spec.price(params)
+
+
+def price_of_defaults(spec: ModelSpec, settings: Settings, images: int = 1) -> int | None:
+    """What a request that leaves every priced parameter at its default costs, asking for
+    ``images`` images where the model makes several; None when the price needs an input the
+    defaults lack."""
+    params = spec.defaults()
+    for name in IMAGE_COUNT_FIELDS:
+        if name in params:
+            params[name] = images
+    try:
+        return price_for(spec, params, settings)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def final_price_for(spec: ModelSpec, params: dict[str, Any], result: Any, held: int, settings: Settings) -> int:

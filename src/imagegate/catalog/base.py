@@ -73,6 +73,9 @@ class RequestSchema(BaseModel):
 
 Inputs = dict[str, Any]
 
+# The request fields that ask for several images, in the names the seeds give them.
+IMAGE_COUNT_FIELDS = ("num_images", "num_outputs")
+
 
 @dataclass
 class ModelSpec:
@@ -95,6 +98,8 @@ class ModelSpec:
     max_price: Callable[[dict[str, Any]], int] | None = None
     # The exact price once the engine result is known (settled at completion, never above the hold).
     final_price: Callable[[dict[str, Any], Any], int] | None = None
+    # The price rule in words, where it depends on more than the number of images (sizes, modes).
+    price_note: str | None = None
 
     @property
     def request_model_id(self) -> str:
@@ -110,8 +115,12 @@ class ModelSpec:
             params.update(dict(route.fixed))
         return params
 
+    def defaults(self) -> dict[str, Any]:
+        """The parameters of a request that sets nothing (required fields are absent)."""
+        return self.schema.model_construct().model_dump(mode="json")
+
     def image_count(self, params: dict[str, Any]) -> int:
-        return int(params.get("num_images") or params.get("num_outputs") or 1)
+        return int(next((params[name] for name in IMAGE_COUNT_FIELDS if params.get(name)), 1))
 
 
 # -- validation -----------------------------------------------------------------------------------
