@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,8 @@ from imagegate.exceptions import (
     ValidationError,
 )
 from imagegate.protocol.models import DojoError, DojoErrorDetail, QueueError
+from imagegate.protocol.openai import PREFIX as OPENAI_PREFIX
+from imagegate.protocol.views import openai_error
 
 log = logging.getLogger("imagegate.api")
 
@@ -82,13 +85,38 @@ DOJO_CODES = {
     SyncTimeoutError: ("internal_error", 504),
 }
 
+# OpenAI's error `type` and `code` for each exception (a subclass not listed takes its nearest
+# base's); the status is the table's above, except an unknown model, which OpenAI answers 404.
+OPENAI_CODES: dict[type[RequestError], tuple[str, str | None]] = {
+    RequestError: ("invalid_request_error", None),
+    AuthenticationError: ("invalid_request_error", "invalid_api_key"),
+    KeyDisabledError: ("invalid_request_error", "invalid_api_key"),
+    InsufficientBalanceError: ("insufficient_quota", "insufficient_quota"),
+    ModelNotFoundError: ("invalid_request_error", "model_not_found"),
+    RateLimitedError: ("requests", "rate_limit_exceeded"),
+    RequestNotFoundError: ("invalid_request_error", "not_found"),
+    PayloadTooLargeError: ("invalid_request_error", "payload_too_large"),
+    SyncTimeoutError: ("server_error", "timeout"),
+}
+
+
 def is_dojo(request: Request) -> bool:
     return request.url.path.startswith("/api/v1/")
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PREFIX)
+
+
+def _nearest(table: dict[type[RequestError], Any], exc: RequestError) -> Any:
+    return next(table[cls] for cls in type(exc).__mro__ if cls in table)
 
 
 def plain_error(request: Request, status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """An error that is no RequestError (an unknown route, the database away, a bug), in the
     shape of the protocol the request speaks."""
+    if is_openai(request):
+        return answer(openai_error(message, status_code), status_code, headers)
     if is_dojo(request):
         code = "not_found" if status_code == 404 else "internal_error" if status_code >= 500 else "invalid_request"
         return answer(DojoError(error=DojoErrorDetail(code=code, message=message)), status_code, headers)
@@ -100,6 +128,12 @@ def error_response(request: Request, exc: RequestError) -> JSONResponse:
     if isinstance(exc, RateLimitedError):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     status_code = status_code_for(exc)
+    if is_openai(request):
+        kind, code = _nearest(OPENAI_CODES, exc)
+        param = exc.field if isinstance(exc, ValidationError) else "model" if isinstance(exc, ModelNotFoundError) else None
+        if isinstance(exc, ModelNotFoundError):
+            status_code = 404
+        return answer(openai_error(exc.message, status_code, kind=kind, param=param, code=code), status_code, headers)
     if is_dojo(request):
         code, status = DOJO_CODES.get(type(exc), ("invalid_request", status_code))
         if isinstance(exc, InsufficientBalanceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
@@ -187,11 +187,16 @@ def _rule(err: dict[str, Any]) -> str:
     return err["msg"]
 
 
-def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(schema: type[Body], body: Any) -> Body:
+    """``body`` validated by ``schema``; the first problem raises ValidationError naming the
+    field and the rule."""
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     try:
-        model = schema.model_validate(body)
+        return schema.model_validate(body)
     except PydanticValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field, rule = _loc(first["loc"]), _rule(first)
@@ -200,7 +205,10 @@ def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
         if rest and (head in schema.model_fields or head.split(".")[0] in schema.model_fields):
             field, rule = head, rest
         raise ValidationError(field or "body", rule) from exc
-    return model.model_dump(mode="json")
+
+
+def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
+    return parse_body(schema, body).model_dump(mode="json")
 
 
 # -- sizes ----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from imagegate.jobs.status import JobStatus
 from imagegate.jobs.store import Job, Upload
 from imagegate.media.uploads import upload_url
 from imagegate.protocol import models as m
+from imagegate.protocol import openai
 
 
 def iso(ts: float | None) -> str | None:
@@ -297,6 +298,9 @@ def catalog_entry_view(spec: ModelSpec, settings: Settings) -> m.CatalogEntry:
     routes = [
         m.CatalogRoute(method=r.method, path=r.path, protocol=r.protocol.value, auth_header=r.auth.value) for r in spec.routes
     ]
+    compatible = openai.binding(spec)
+    if compatible is not None:
+        routes.append(m.CatalogRoute(method="POST", path=compatible.path, protocol=openai.PROTOCOL, auth_header=openai.AUTH.value))
     return m.CatalogEntry(
         id=spec.id,
         model_id=spec.request_model_id,
@@ -309,3 +313,34 @@ def catalog_entry_view(spec: ModelSpec, settings: Settings) -> m.CatalogEntry:
         request_schema=_request_schema(spec.id),
     )
 
+
+# -- the OpenAI-compatible images API --------------------------------------------------------------------------------
+
+
+def openai_error(
+    message: str, status_code: int, *, kind: str | None = None, param: str | None = None, code: str | None = None
+) -> m.OpenAIError:
+    kind = kind or ("server_error" if status_code >= 500 else "invalid_request_error")
+    return m.OpenAIError(error=m.OpenAIErrorDetail(message=message, type=kind, param=param, code=code))
+
+
+def openai_failure_view(job: Job, param: str | None) -> tuple[int, m.OpenAIError]:
+    """A job that did not complete, in OpenAI's error shape; ``param`` is the OpenAI field the
+    job's error names (an unreadable image, say)."""
+    message = job.error or job.status.value
+    if job.status is JobStatus.FAILED:
+        return 400, openai_error(message, 400, param=param, code="invalid_input")
+    if job.status is JobStatus.CANCELED:
+        return 409, openai_error(message, 409, code="canceled")
+    return 500, openai_error(message, 500)
+
+
+def openai_images_view(job: Job, base_url: str, *, b64: bool, storage: Any) -> m.OpenAIImages:
+    images = [i for i, item in enumerate((job.output or {}).get("media", [])) if item["content_type"].startswith("image/")]
+    if b64:
+        stored = media_bytes(job, storage)
+        data = [m.OpenAIImage(b64_json=base64.b64encode(stored[i][0]).decode()) for i in images]
+    else:
+        urls = media_urls(job, base_url)
+        data = [m.OpenAIImage(url=urls[i]) for i in images]
+    return m.OpenAIImages(created=int(job.created_at), data=data)
