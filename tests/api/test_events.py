@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -20,7 +19,7 @@ STEPS = 12
 SLOW_BODY = {"prompt": "a harbour at night", "image_size": {"width": 128, "height": 128}, "num_inference_steps": STEPS, "seed": 3}
 
 
-def events(response: httpx.Response, *, comments: int | None = None) -> Iterator[tuple[str, Any]]:
+def events(response: httpx.Response) -> Iterator[tuple[str, Any]]:
     """(event, data) pairs of a stream, and ("comment", text) for comment lines."""
     name, data = None, []
     for line in response.iter_lines():
