@@ -167,7 +167,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from imagegate.billing.money import format_usd, parse_amount
-    from imagegate.billing.pricing import base_price
+    from imagegate.billing.pricing import price_of_defaults
     from imagegate.catalog import MODELS
     from imagegate.jobs.audit import Actor
 
@@ -181,7 +181,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 enabled = settings.model(spec.id).enabled and (switch is None or switch.enabled)
                 weights = settings.model(spec.id).weights or spec.default_weights
                 routes = ", ".join(r.path for r in spec.routes)
-                price = base_price(spec, settings, switch.price_micros if switch else None)
+                price = price_of_defaults(spec, settings, runtime_micros=switch.price_micros if switch else None)
                 shown = "?" if price is None else format_usd(price, trim=True)
                 print(f"{spec.id}\t{'enabled' if enabled else 'disabled'}\t${shown}\t{spec.engine_key}\t{weights}\t{routes}")
             return 0

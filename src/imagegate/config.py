@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     # 404); 0 keeps them until the operator deletes them.
     media_retention_days: float = Field(default=0.0, ge=0)
 
+    # Uploaded inputs (POST /v2/files) are usable, and kept, this long.
+    upload_ttl_hours: float = Field(default=24.0, gt=0)
+    # Event streams (GET /v2/requests/{id}/events) send a keep-alive comment after this much
+    # silence, so proxies do not close them.
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # The catalog model of an OpenAI-compatible request that names none.
+    openai_default_model: str = "flux-dev"
+    openai_default_edit_model: str = "flux-dev-i2i"
+
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 

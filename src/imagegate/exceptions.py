@@ -5,8 +5,8 @@ Hierarchy::
     ImagegateError
     ├── RequestError                 the client's request cannot be served (4xx at the edge)
     │   ├── ValidationError          a field breaks a rule (400)
-    │   │   └── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
-    │   ├── PayloadTooLargeError     the body is larger than the route accepts (413)
+    │   │   ├── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
+    │   │   └── PayloadTooLargeError       the body, or a file in it, is over its limit (413)
     │   ├── AuthenticationError      missing or unknown key (401)
     │   ├── KeyDisabledError         the key exists but is disabled (403)
     │   ├── ModelNotFoundError       unknown or disabled model (400, dojo 404)
@@ -63,12 +63,9 @@ class UnsupportedMediaTypeError(ValidationError):
     """The body is declared as something other than what the route reads."""
 
 
-class PayloadTooLargeError(RequestError):
-    """The request body is larger than the route accepts; refused while it streams in."""
-
-    def __init__(self, limit_bytes: int, message: str) -> None:
-        self.limit_bytes = limit_bytes
-        super().__init__(message)
+class PayloadTooLargeError(ValidationError):
+    """The body, or a file in it, is larger than the route accepts (a body is refused while it
+    streams in)."""
 
 
 class AuthenticationError(RequestError):
@@ -136,7 +133,7 @@ class InputError(JobError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        self.message = message
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 

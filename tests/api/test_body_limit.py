@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from harness import RunningServer, peak_rss, start_server, wait_status
+
+BODY_TOO_LARGE = "body must be at most 40 MB (this request's body is larger)"
 from imagegate.api.body_limit import MAX_BODY_BYTES, MULTIPART_MARGIN_BYTES, UPLOAD_PATH
 
 SUB = "Ocp-Apim-Subscription-Key"
@@ -105,7 +107,7 @@ def test_a_declared_600_mb_body_is_refused_before_it_is_read(server: RunningServ
     before = peak_rss(server.proc.pid)
     status, headers, body, elapsed = send_declared(server, UPSCALE, HOSTILE_BYTES, {SUB: key})
     assert status == 413, body
-    assert json.loads(body) == {"error": "Payload Too Large", "message": "The request body is larger than the 40 MB limit"}
+    assert json.loads(body) == {"error": BODY_TOO_LARGE, "message": BODY_TOO_LARGE, "field": "body"}
     assert headers.get("connection") == "close"
     assert elapsed < 5, elapsed
     assert peak_rss(server.proc.pid) - before < 16 * 1024 * 1024
@@ -117,7 +119,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: RunningServer, key: str)
     status, _headers, body, sent = send_chunked(server, UPSCALE, HOSTILE_BYTES, {SUB: key})
     elapsed = time.monotonic() - started
     assert status == 413, body
-    assert json.loads(body)["message"] == "The request body is larger than the 40 MB limit"
+    assert json.loads(body)["message"] == BODY_TOO_LARGE
     # Refused at the limit, not at the end: the client could not even send a fifth of it.
     assert sent < HOSTILE_BYTES / 5, sent
     assert elapsed < 30, elapsed
@@ -127,15 +129,15 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: RunningServer, key: str)
 def test_each_protocol_gets_its_own_error_shape(server: RunningServer, key: str) -> None:
     status, _h, body, _t = send_declared(server, DOJO, HOSTILE_BYTES, {"Authorization": f"Bearer {key}"})
     assert status == 413
-    assert json.loads(body) == {"error": {"code": "invalid_request", "message": "The request body is larger than the 40 MB limit"}}
+    assert json.loads(body) == {"error": {"code": "invalid_request", "message": BODY_TOO_LARGE}}
     status, _h, body, _t = send_declared(server, "/v1/images/generations", HOSTILE_BYTES, {"Authorization": f"Bearer {key}"})
     assert status == 413
     assert json.loads(body) == {
         "error": {
-            "message": "The request body is larger than the 40 MB limit",
+            "message": BODY_TOO_LARGE,
             "type": "invalid_request_error",
-            "param": None,
-            "code": "invalid_request",
+            "param": "body",
+            "code": "payload_too_large",
         }
     }
 
@@ -143,12 +145,12 @@ def test_each_protocol_gets_its_own_error_shape(server: RunningServer, key: str)
 def test_the_upload_path_is_limited_by_the_input_size(server: RunningServer, key: str) -> None:
     limit = MAX_INPUT_BYTES + MULTIPART_MARGIN_BYTES
     status, _h, body, _t = send_declared(server, UPLOAD_PATH, limit + 1, {SUB: key})
-    assert status == 413 and json.loads(body)["message"] == "The request body is larger than the 2112 KB limit"
-    # At the limit the body is the route's business (no upload route here: 404 or 405).
+    assert status == 413 and json.loads(body)["message"] == "body must be at most 2112 KB (this request's body is larger)"
+    # At the limit the body is the route's business: it answers for itself (here: not multipart).
     with connect(server) as sock:
         sock.sendall(request_head(UPLOAD_PATH, {SUB: key, "Content-Length": str(limit)}))
         status, _h, body = read_response(sock)
-    assert status in (404, 405), body
+    assert status == 415 and json.loads(body)["field"] == "Content-Type", body
 
 
 def test_bodies_under_the_limit_still_work_and_the_server_keeps_serving(server: RunningServer, key: str) -> None:

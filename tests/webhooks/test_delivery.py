@@ -430,7 +430,7 @@ def test_finished_deliveries_are_purged_after_their_retention(store: JobStore, k
     early = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 - 60)
     assert early["webhook deliveries"] == 0
     late = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 + 60)
-    assert late == {"webhook deliveries": 1, "jobs' media": 0}  # media retention is off by default
+    assert late == {"webhook deliveries": 1, "jobs' media": 0, "expired uploads": 0}  # media retention is off by default
     assert kit.outbox.events_for_job(done.id) == [] and kit.outbox.attempts_for_job(done.id) == []
     assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]
     assert kit.outbox.pending_count() == 1

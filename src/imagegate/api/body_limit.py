@@ -94,7 +94,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(scope: Scope, send: Send, limit: int) -> None:
-    exc = PayloadTooLargeError(limit, f"The request body is larger than the {size_text(limit)} limit")
+    exc = PayloadTooLargeError("body", f"must be at most {size_text(limit)} (this request's body is larger)")
     response = error_response(Request(scope), exc)
     # The rest of the body is never read: the connection cannot be reused for another request.
     response.headers["Connection"] = "close"

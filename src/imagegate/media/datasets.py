@@ -171,7 +171,7 @@ def _decode(data: bytes, field: str, name: str, limits: DatasetLimits) -> Image.
     try:
         image = decode_image(data, field=field, max_pixels=limits.max_image_pixels, fit_area=limits.fit_area)
     except InputError as exc:
-        raise _named(field, name, exc.message) from exc
+        raise _named(field, name, exc.reason) from exc
     if min(image.size) < limits.min_side:
         width, height = image.size
         raise _named(

@@ -13,8 +13,10 @@ import binascii
 import ssl
 import time
 import urllib.parse
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from PIL import Image
@@ -95,6 +97,19 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+# ---------------------------------------------------------------------------------------------
+# This server's own URLs (uploads): read where they are stored, on behalf of the job's key
+
+
+class OwnInputs(Protocol):
+    def read(self, url: str, *, field: str, key_id: str | None) -> bytes | None:
+        """The bytes behind one of this server's own input URLs, if ``url`` is one (else None);
+        InputError when ``key_id`` may not read it."""
+
+
+_on_behalf_of: ContextVar[str | None] = ContextVar("imagegate_input_key", default=None)
+
+
 class InputFetcher:
     """Fetches user-supplied inputs for the worker, bounded in size, pixels and time.
 
@@ -117,6 +132,16 @@ class InputFetcher:
         self.timeout = timeout
         self.policy = AddressPolicy.with_networks(allow_private, allow_networks)
         self._ssl_context: ssl.SSLContext | None = None
+        self.own_inputs: OwnInputs | None = None
+
+    @contextmanager
+    def on_behalf_of(self, key_id: str) -> Iterator[None]:
+        """Fetches inside the block read own inputs (uploads) as ``key_id``."""
+        token = _on_behalf_of.set(key_id)
+        try:
+            yield
+        finally:
+            _on_behalf_of.reset(token)
 
     def __repr__(self) -> str:
         return (
@@ -145,6 +170,10 @@ class InputFetcher:
         """The raw bytes behind an http(s) URL or a data: URI; every failure is InputError."""
         if not isinstance(url, str) or not url.strip():
             raise InputError(field, "is empty; expected an http(s) URL or a data: URI")
+        if self.own_inputs is not None:
+            own = self.own_inputs.read(url.strip(), field=field, key_id=_on_behalf_of.get())
+            if own is not None:
+                return own
         scheme = _scheme(url)
         if scheme == "data":
             return self._decode_data_uri(url, field)

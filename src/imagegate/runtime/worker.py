@@ -113,6 +113,7 @@ class Worker:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
         from imagegate.media.storage import storage_for
+        from imagegate.media.uploads import StoredUploads
 
         self.settings = settings
         self.store = store
@@ -122,6 +123,7 @@ class Worker:
         self.device = worker_device(settings.device, gpu)
         self.storage = storage_for(settings)
         self.fetcher = InputFetcher.from_settings(settings)
+        self.fetcher.own_inputs = StoredUploads(store, self.storage, settings)
         self.manager = ModelManager(
             device=self.device,
             dtype=settings.dtype,
@@ -431,7 +433,8 @@ class Worker:
             return JobStatus.ERROR, None, f"Model '{job.model_id}' is not in this server's catalog (not charged)", None
         try:
             started = time.perf_counter()
-            inputs = self._fetch_inputs(spec, job.params)
+            with self.fetcher.on_behalf_of(job.key_id):
+                inputs = self._fetch_inputs(spec, job.params)
             params = dict(job.params)
             if params.get("seed") is None:
                 params["seed"] = random.randint(0, 2**32 - 1)

@@ -294,7 +294,7 @@ class Deliverer:
         if event.job_snapshot is None:
             return (event.payload or "").encode("utf-8")
         payload = views.webhook_payload(Job.from_snapshot(event.job_snapshot), self.settings.base_url, self.storage)
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(payload.content(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _post(self, event: WebhookEvent) -> _Response:
         try:
