@@ -13,8 +13,8 @@ from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 from PIL import Image
 
 from imagegate.engines import diffusers_base as db
-from imagegate.engines.base import EngineCall, LoraSpec
-from imagegate.engines.diffusers_base import ComponentCache, EngineOptions
+from imagegate.engines.base import EngineCall, LoraSpec, LoraTrainingOptions, QwenImageOptions
+from imagegate.engines.diffusers_base import ComponentCache, EngineOptions, WarmupSize
 from imagegate.engines.flux1 import Flux1TextToImage
 from imagegate.engines.manager import ModelManager
 from imagegate.exceptions import EngineError, InputError
@@ -74,6 +74,11 @@ def test_options_coerce_and_device_rules():
     cpu = EngineOptions(fp8=True, compile=True).for_device("cpu")
     assert (cpu.fp8, cpu.channels_last_vae, cpu.tf32, cpu.compile, cpu.fuse_qkv) == (False, False, False, True, True)
     assert not any(getattr(EngineOptions.eager(), f) for f in ("compile", "fuse_qkv", "fp8", "channels_last_vae", "tf32"))
+    assert defaults.warmup_sizes == (WarmupSize(1024, 1024),) and EngineOptions.eager().warmup_sizes == ()
+    sizes = EngineOptions.coerce({"warmup_sizes": ["512x768", "1024x1024*4"]}).warmup_sizes
+    assert sizes == (WarmupSize(512, 768), WarmupSize(1024, 1024, 4)) and str(sizes[1]) == "1024x1024*4"
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        EngineOptions.coerce({"warmup_sizes": ["1024 by 1024"]})
 
 
 def test_public_memory_helpers():
@@ -131,7 +136,7 @@ def test_compile_path_with_loras_and_acceleration(flux1_dirs, tmp_path):
     # The eager backend runs torch.compile's Dynamo path without generating code (fast on a CPU).
     source = str(flux1_dirs["t2i"])
     compiled = Flux1TextToImage.load(source, device="cpu", dtype="float32",
-                                     options={"compile": True, "compile_backend": "eager"})
+                                     options={"compile": True, "compile_backend": "eager", "warmup_sizes": ["64x64"]})
     plain = Flux1TextToImage.load(source, device="cpu", dtype="float32")
     try:
         assert compiled.optimisations["compile"] == "on (repeated blocks)"
@@ -206,7 +211,7 @@ def test_flux2_engine_keys_share_one_copy_of_the_weights(flux2_dir):
 
     trainer = engines[3]
     result = trainer(EngineCall(task="train-lora", prompt="cat", images=[Image.new("RGB", (64, 64), "red")],
-                                extra={"steps": 2, "rank": 2, "resolution": 64}), noop)
+                                options=LoraTrainingOptions(steps=2, rank=2, resolution=64)), noop)
     assert result.files and not getattr(t2i_engine.pipe.transformer, "peft_config", None)
     assert t2i_engine.pipe.transformer.transformer_blocks[0].attn.fused_projections  # training ran unfused
     assert t2i_engine(t2i(), noop).images[0].size == (64, 64)
@@ -243,14 +248,14 @@ def test_qwen_image_engines_keep_their_guidance_to_themselves(qwen_dir, tmp_path
     assert edit.pipe.transformer is not text.pipe.transformer and edit.guidance_hook is not text.guidance_hook
     assert text.optimisations["fuse_qkv"].startswith("n/a")
     assert manager.used_bytes == text.memory_bytes + edit.memory_bytes
-    window = {"cfg_range_start": 0.0, "cfg_range_end": 0.5}
+    window = QwenImageOptions(cfg_range_start=0.0, cfg_range_end=0.5)
     guided = dict(negative_prompt="blurry", guidance_scale=4.0, num_inference_steps=4)
-    first = text(t2i(extra=window, **guided), noop)
+    first = text(t2i(options=window, **guided), noop)
     edited = edit(EngineCall(task="edit", prompt="make it blue", images=[Image.new("RGB", (64, 64), "red")],
-                             extra={"image_guidance_scale": 2.0}, **guided), noop)
+                             options=QwenImageOptions(image_guidance_scale=2.0), **guided), noop)
     assert first.info["unconditional_passes_skipped"] == 2 and first.info["cfg_range"] == [0.0, 0.5]
     assert edited.info["unconditional_passes_skipped"] == 0 and edited.info["reference_free_passes"] == 8
-    assert pixels(text(t2i(extra=window, **guided), noop).images[0]).tolist() == pixels(first.images[0]).tolist()
+    assert pixels(text(t2i(options=window, **guided), noop).images[0]).tolist() == pixels(first.images[0]).tolist()
     manager.unload_all()
 
 
@@ -309,7 +314,7 @@ def test_a_failed_compilation_fails_one_call_then_runs_eagerly(flux1_dirs):
         raise RuntimeError("no code for you")
 
     engine = Flux1TextToImage.load(str(flux1_dirs["t2i"]), device="cpu", dtype="float32",
-                                   options={"compile": True, "compile_backend": "imagegate_test_broken"})
+                                   options={"compile": True, "compile_backend": "imagegate_test_broken", "warmup_sizes": []})
     try:
         with pytest.raises(EngineError, match="compilation failed"):
             engine(t2i(), noop)
