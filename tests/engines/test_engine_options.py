@@ -1,10 +1,8 @@
 """Engine speed options (fused QKV, compile, fp8, ...), component sharing between engines over the
-same weights, the overridable acceleration config, and the GPU benchmark's CPU mode."""
+same weights, and the overridable acceleration config."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from imagegate.exceptions import EngineError, InputError
 
 from .support import mean_abs, noop, pixels
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -264,46 +261,6 @@ def test_manager_passes_engine_options(flux1_dirs):
     engine = manager.get("a", "flux1.text-to-image", str(flux1_dirs["t2i"]))
     assert engine.optimisations["fuse_qkv"] == "off"
     manager.unload_all()
-
-
-# --------------------------------------------------------------------------- benchmarks/gpu.py
-
-
-@pytest.fixture(scope="module")
-def gpu_benchmark():
-    spec = importlib.util.spec_from_file_location("imagegate_gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-
-
-def test_gpu_benchmark_tiny_prints_the_table(gpu_benchmark, capsys):
-    try:
-        assert gpu_benchmark.main(["--tiny", "--models", "flux1-schnell", "--runs", "1"]) == 0
-    finally:
-        torch._dynamo.reset()
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[0] == "| model | steps | mode | seconds | peak GPU GiB | speed-up | first call s | notes |"
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    assert [row[2] for row in rows] == [gpu_benchmark.MODE_LABELS[m] for m in gpu_benchmark.MODES]
-    assert all(row[0] == "FLUX.1 [schnell]" and row[1] == "4" for row in rows)
-    for row in rows[:3]:  # eager, fused, compile ran
-        assert float(row[3]) > 0 and row[5].endswith("x")
-    assert rows[0][5] == "1.00x"
-    assert rows[3][3] == "n/a" and "fp8" in rows[3][7]
-
-
-def test_gpu_benchmark_real_configs_have_the_published_sizes(gpu_benchmark):
-    # Built on the meta device: shapes only, no memory.
-    klein = gpu_benchmark.parameter_counts(gpu_benchmark.MODELS["flux2-klein-4b"].real())
-    assert 3.8e9 < klein["transformer"] < 4.0e9 and 4.0e9 < klein["text_encoder"] < 4.05e9
-    qwen = gpu_benchmark.parameter_counts(gpu_benchmark.MODELS["qwen-image"].real())
-    assert qwen["transformer"] == 20_430_401_088 and 8.2e9 < qwen["text_encoder"] < 8.35e9
 
 
 def test_a_failed_compilation_fails_one_call_then_runs_eagerly(flux1_dirs):

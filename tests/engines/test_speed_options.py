@@ -18,7 +18,7 @@ from torch._dynamo import register_backend
 from imagegate.config import Settings
 from imagegate.engines import speed
 from imagegate.engines.base import EngineCall
-from imagegate.engines.diffusers_base import EngineOptions, WarmupSize
+from imagegate.engines.diffusers_base import WarmupSize
 from imagegate.engines.flux1 import Flux1TextToImage
 
 from .support import mean_abs, noop, same
@@ -163,6 +163,19 @@ def test_compiled_engine_warms_up_at_load_and_logs_later_compilations(flux1_dirs
         other = engine(t2i(width=96), noop)
         assert other.info["compiled_graphs"] > 0 and engine.recompiles == other.info["compiled_graphs"]
         assert "tiny-flux1: compiled" in caplog.text and "for 96x64 x1" in caplog.text
+    finally:
+        engine.unload()
+
+
+def test_engines_that_finish_setting_up_after_the_base_warm_up_once_loaded(fresh_dynamo, tmp_path):
+    from imagegate.engines.qwen_image import QwenImageTextToImage
+    from imagegate.fixtures.qwen_image import build_qwen_image
+
+    options = {"compile": True, "compile_backend": "eager", "warmup_sizes": ["64x64"]}
+    engine = QwenImageTextToImage.load(str(build_qwen_image(tmp_path)), device="cpu", dtype="float32", options=options)
+    try:  # its guidance hook is registered after the base class applied the options
+        assert engine.warmup_graphs > 0
+        assert engine(t2i(guidance_scale=4.0), noop).info["compiled_graphs"] == 0
     finally:
         engine.unload()
 

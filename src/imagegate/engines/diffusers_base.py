@@ -665,7 +665,8 @@ class DiffusersEngine:
         self.warmup_graphs = 0
         self.recompiles = 0
         self._warming_up = False
-        self.apply_options(EngineOptions.coerce(options))
+        # Warming up waits for load(): a subclass finishes setting itself up after this returns.
+        self.apply_options(EngineOptions.coerce(options), warm_up=False)
 
     # -- factory
 
@@ -691,7 +692,9 @@ class DiffusersEngine:
         if components is None:
             pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype,
                                  model_id=model_id, component_loader=cls.load_components)
-            return cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
+            engine = cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
+            engine.warm_up_if_compiled()
+            return engine
         variants = cls.component_variants(requested.for_device(resolved_device), resolved_device)
         group = ComponentCache.group(source, resolved_device, torch_dtype)
         # One load per source at a time, so a concurrent second engine reuses the first's components.
@@ -718,6 +721,7 @@ class DiffusersEngine:
                 lock=components.call_lock(group),
             )
             components.register(group, pipe.components, variants)
+        engine.warm_up_if_compiled()
         return engine
 
     @classmethod
@@ -732,10 +736,10 @@ class DiffusersEngine:
             return {"transformer": "fp8"}
         return {}
 
-    def apply_options(self, options: EngineOptions | Mapping[str, Any]) -> dict[str, str]:
+    def apply_options(self, options: EngineOptions | Mapping[str, Any], *, warm_up: bool = True) -> dict[str, str]:
         """Apply (more) speed options to the loaded pipeline; what was done lands in
         :attr:`optimisations`. Options only add: fusing, quantising or compiling is not undone. A
-        compiled engine then runs ``options.warmup_sizes``."""
+        compiled engine then runs ``options.warmup_sizes`` (unless ``warm_up`` is false)."""
         options = EngineOptions.coerce(options)
         with self._lock:
             pipe = self._require_pipe()
@@ -754,8 +758,8 @@ class DiffusersEngine:
             self.memory_bytes = sum(self._blocks.values())
         if report["fp8"].startswith("n/a"):
             logger.warning("%s: fp8 refused, serving %s: %s", self.name, self.dtype, report["fp8"].removeprefix("n/a: "))
-        if is_compiled(self.denoiser) and self.options.warmup_sizes:
-            self.warm_up(self.options.warmup_sizes)
+        if warm_up:
+            self.warm_up_if_compiled()
         return report
 
     # -- introspection
@@ -822,6 +826,10 @@ class DiffusersEngine:
             images=[grey] * self.warmup_images,
             mask=Image.new("L", grey.size, 255) if task == "inpaint" else None,
         )
+
+    def warm_up_if_compiled(self) -> None:
+        if is_compiled(self.denoiser) and not compile_failed(self.denoiser) and self.options.warmup_sizes:
+            self.warm_up(self.options.warmup_sizes)
 
     def warm_up(self, sizes: Sequence[WarmupSize]) -> None:
         """Run one short call at each size, so torch.compile builds its graphs now rather than in a
@@ -936,7 +944,7 @@ class DiffusersEngine:
         if graphs and not self._warming_up:
             self.recompiles += graphs
             logger.warning(
-                "%s: compiled %d graph(s) for %sx%s x%d (%d since warm-up): a shape warmup_sizes does "
+                "%s: compiled %d graph(s) for %sx%s x%d (%d since load): a shape warmup_sizes does "
                 "not cover; this request paid the compilation", self.name, graphs, kwargs.get("width"),
                 kwargs.get("height"), call.num_images, self.recompiles)
         return graphs
