@@ -7,6 +7,7 @@ the compiled blocks, and QKV fusion freeing each unfused copy as it goes."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import sys
 import weakref
@@ -101,9 +102,12 @@ def test_fp8_is_offered_only_where_the_recipe_runs():
     ada = speed.fp8_unavailable_reason("cuda", capability=(8, 9))
     assert "compute capability 9.0" in ada and "8.9" in ada
     assert "9.0" in speed.fp8_unavailable_reason("cuda", capability=(8, 0))
-    assert speed.fp8_unavailable_reason("cuda", capability=(9, 0)) is None  # torchao is installed here
-    assert speed.fp8_unavailable_reason("cuda", capability=(10, 0)) is None
-    # torchao refuses to quantise on this CPU: the probe reports it instead of a job failing later.
+    hopper = speed.fp8_unavailable_reason("cuda", capability=(9, 0))
+    if importlib.util.find_spec("torchao") is None:  # the gpu extra is not installed here
+        assert "imagegate[gpu]" in hopper
+    else:
+        assert hopper is None and speed.fp8_unavailable_reason("cuda", capability=(10, 0)) is None
+    # The recipe cannot run on this CPU: the probe reports it instead of a job failing later.
     assert speed.fp8_probe("cpu").startswith("fp8 kernels failed on cpu")
 
 

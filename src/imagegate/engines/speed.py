@@ -184,9 +184,9 @@ def fp8_config() -> Any:
 def fp8_probe(device: str) -> str | None:
     """Quantise one small Linear layer with the recipe and run it on ``device``: a torchao, torch or
     driver that cannot run the fp8 kernels fails here, once per device, at load, not in a job."""
-    from torchao.quantization import quantize_
-
     try:
+        from torchao.quantization import quantize_
+
         layer = torch.nn.Linear(256, 256, device=device, dtype=torch.bfloat16)
         quantize_(layer, fp8_config())
         with torch.no_grad():
