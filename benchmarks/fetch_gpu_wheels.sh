@@ -5,7 +5,7 @@
 # them. Run it here, on a machine with network access, from anywhere in the repository.
 #
 # The GPU image already ships torch, transformers, accelerate, safetensors, huggingface-hub, numpy and
-# Pillow; what it lacks is carried. Everything must fit the 64 MiB a GPU call may carry with the
+# Pillow; what it lacks is carried. Everything must fit the 64 MiB that may travel to it with the
 # repository (the Real-ESRGAN wheel alone, weights inside, is 44 MiB), which is why transformers is not
 # carried: the image's own is used.
 set -euo pipefail

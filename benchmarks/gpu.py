@@ -596,7 +596,7 @@ GPUS = {"H100 80GB": 79.6, "H200 141GB": 140.4}
 # Activations, workspaces and the CUDA context at 1024x1024, batch 1, on top of the weights. An
 # allowance, not a measurement: the GPU run's peak-reserved column replaces it.
 ACTIVATIONS_GIB = 10.0
-# Dense bf16 rate measured on an H200 of this workplace (KINDS.md: 769-798 TFLOP/s for a large matmul),
+# Dense bf16 rate measured on an H200 (769-798 TFLOP/s for an 8192-cube bf16 matmul),
 # the share of it a whole pipeline reaches (a prediction), and fp8's speed-up on the transformer's
 # linear layers (half the bytes, twice the tensor-core rate, less the quantisation of activations).
 BF16_FLOPS = 790e12
@@ -1005,7 +1005,9 @@ class Session:
                 values = [s[key] for s in stages if key in s]
                 if values:
                     setattr(result, f"{key}_ms", float(np.median(values)))
-            if self.cuda:
+            if model.key == "realesrgan":
+                result.notes.append("GPU memory: ncnn's own, not torch's")
+            elif self.cuda:
                 result.peak_allocated_gib = torch.cuda.max_memory_allocated() / 2**30
                 result.peak_reserved_gib = torch.cuda.max_memory_reserved() / 2**30
             result.psnr_db = psnr(last.images[0], reference)
