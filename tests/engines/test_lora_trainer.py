@@ -82,6 +82,8 @@ def test_registry_key():
 def test_training_reports_every_step_and_returns_a_lora_file(trained, trainer):
     result, steps = trained
     assert steps.seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+    # Every step reports its loss (the event stream shows it as the job's progress).
+    assert len(steps.losses) == STEPS and all(loss > 0 for loss in steps.losses)
     assert result.images == []
     [(name, data, content_type)] = result.files
     assert (name, content_type) == (LORA_FILENAME, LORA_CONTENT_TYPE)

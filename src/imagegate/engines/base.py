@@ -31,9 +31,11 @@ RESTORE_PROMPT = (
     "details and recover natural colours, keeping the people, composition and identity unchanged"
 )
 
-# Called after every denoising step with (step, total_steps). It raises
-# imagegate.exceptions.JobCanceledError to stop the job at that step.
-StepCallback = Callable[[int, int], None]
+class StepCallback(Protocol):
+    """Called after every step with (step, total_steps) and, from a trainer, the step's ``loss``.
+    It raises imagegate.exceptions.JobCanceledError to stop the job at that step."""
+
+    def __call__(self, step: int, total: int, *, loss: float | None = None) -> None: ...
 
 # The area LoRA training works at: training images are scaled to at most this many pixels (512²,
 # the usual FLUX LoRA resolution), and no side may be shorter than the minimum. The worker decodes

@@ -284,7 +284,7 @@ class Flux2LoraTrainer(DiffusersEngine):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            on_step(step + 1, steps)
+            on_step(step + 1, steps, loss=losses[-1])
 
         data = self._lora_bytes()
         window = min(LOSS_WINDOW, len(losses))

@@ -440,9 +440,9 @@ class Worker:
                 params["seed"] = random.randint(0, 2**32 - 1)
             call = spec.build_call(params, inputs)
 
-            def on_step(step: int, total: int) -> None:
+            def on_step(step: int, total: int, *, loss: float | None = None) -> None:
                 state.progress = round(step / max(total, 1), 4)
-                state.detail = {"step": step, "steps": total}
+                state.detail = {"step": step, "steps": total} if loss is None else {"step": step, "steps": total, "loss": round(loss, 6)}
                 self._report.set()
                 if state.abort:
                     raise _ShutdownAbort()
