@@ -95,6 +95,19 @@ class ImageHost:
 # -- the server ----------------------------------------------------------------------------------------------
 
 
+# What the supervisor's worker processes run (imagegate.runtime.supervisor.worker_command).
+WORKER_COMMAND = "imagegate.runtime.supervisor"
+
+
+def _alive(proc_entry: Path) -> bool:
+    """Running, not a zombie nobody has reaped yet."""
+    try:
+        state = (proc_entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 @dataclass
 class RunningServer:
     base_url: str
@@ -121,8 +134,7 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
-        """The embedded worker processes: the serve process's children that run a worker (not
-        multiprocessing's resource tracker)."""
+        """The embedded worker processes: the serve process's children that run a worker."""
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -132,7 +144,7 @@ class RunningServer:
                 cmdline = (entry / "cmdline").read_bytes()
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == self.proc.pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            if ppid == self.proc.pid and WORKER_COMMAND.encode() in cmdline and _alive(entry):
                 pids.append(int(entry.name))
         return pids
 

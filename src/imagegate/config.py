@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         return (init_settings, env_settings)
 
     @property
+    def heartbeat_interval(self) -> float:
+        """How often a worker heartbeats: ``heartbeat_seconds``, but at least three times a lease,
+        so a live worker never looks stalled (a short lease makes heartbeats more frequent)."""
+        return min(self.heartbeat_seconds, self.lease_seconds / 3.0)
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
 

@@ -106,7 +106,7 @@ SAMPLE_COMPOSE_VARIABLES = {
     "POSTGRES_PASSWORD": "pg-secret",
     "S3_ACCESS_KEY": "access",
     "S3_SECRET_KEY": "secret",
-    "ADMIN_TOKEN": "admin",
+    "ADMIN_TOKEN": "a-sample-admin-token-32-characters",
 }
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
 

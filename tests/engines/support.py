@@ -21,7 +21,7 @@ def same(a: Image.Image, b: Image.Image) -> bool:
     return np.array_equal(pixels(a), pixels(b))
 
 
-def noop(step: int, total: int) -> None:
+def noop(step: int, total: int, *, loss: float | None = None) -> None:
     pass
 
 

@@ -146,26 +146,9 @@ def alive(pid: int) -> bool:
     return st is not None and st[0] not in ("Z", "X")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None and st[1] == pid and st[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
 def worker_pids(server: Any) -> list[int]:
     """The embedded worker processes of a running server."""
-    return sorted(p for p in children(server.proc.pid) if "imagegate.runtime.supervisor" in cmdline(p))
+    return sorted(server.worker_pids())
 
 
 def wait_workers(server: Any, count: int = 1, timeout: float = 60, exclude: Iterable[int] = ()) -> list[int]:

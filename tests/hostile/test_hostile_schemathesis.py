@@ -63,6 +63,9 @@ def test_schemathesis_finds_no_server_error(idle_server: RunningServer, tmp_path
         "--header", f"X-Secret-Key: {key}",
         "--header", f"Authorization: Bearer {key}",
         "--checks", "not_a_server_error,only_sync_timeouts_may_504",
+        # A live event stream stays open while its request waits (no worker here): it is read by
+        # tests/api/test_events.py, not by a client that expects one JSON body per request.
+        "--exclude-path", "/v2/requests/{request_id}/events",
         "--max-examples", str(MAX_EXAMPLES),
         "--workers", "2",
         "--request-timeout", "30",
@@ -78,7 +81,7 @@ def test_schemathesis_finds_no_server_error(idle_server: RunningServer, tmp_path
     tested = re.search(r"Tested: (\d+)", report)
     generated = re.search(r"(\d+) generated", report)
     assert selected and tested and generated, report
-    assert int(tested.group(1)) == int(selected.group(2)) >= 30, report
+    assert int(tested.group(1)) == int(selected.group(1)) == int(selected.group(2)) - 1 >= 30, report
     assert int(generated.group(1)) >= 20 * int(tested.group(1)), report
     print(report[-1500:])
     with idle_server.client() as client:

@@ -19,7 +19,7 @@ from imagegate.telemetry.metrics import STALLED, UNMATCHED_ROUTE
 from .support import TINY_JOB, scrape, value
 
 STATUS_ROUTE = "/v2/requests/status/{request_id}"
-ALLOWED_LABELS = {"route", "code", "model", "status", "outcome", "state", "worker", "kind", "le"}
+ALLOWED_LABELS = {"route", "code", "model", "status", "outcome", "state", "worker", "kind", "role", "le"}
 
 
 @pytest.fixture(scope="module")

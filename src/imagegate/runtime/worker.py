@@ -296,7 +296,7 @@ class Worker:
     # -- the reporter: heartbeat, progress, sweep --------------------------------------------------
 
     def _reporter(self) -> None:
-        """Heartbeats every ``heartbeat_seconds``, writes progress as it moves (at most every
+        """Heartbeats every ``Settings.heartbeat_interval``, writes progress as it moves (at most every
         PROGRESS_WRITE_SECONDS), runs the stalled-worker sweep every ``lease_seconds``. While the
         database is unreachable the job goes on; past ``lease_seconds`` without a heartbeat its job
         counts as taken over (another worker may hold it by then) and stops at its next step."""
@@ -306,7 +306,7 @@ class Worker:
         warned = 0.0
         while True:
             stopping = self.stopping.is_set() and self._state is None
-            self._report.wait(min(settings.heartbeat_seconds, PROGRESS_WRITE_SECONDS))
+            self._report.wait(min(settings.heartbeat_interval, PROGRESS_WRITE_SECONDS))
             self._report.clear()
             now = time.monotonic()
             state = self._state
@@ -317,7 +317,7 @@ class Worker:
                     state.reported = state.progress
                     self._took(state, result)
                     confirmed = now
-                if now - last_beat >= settings.heartbeat_seconds or stopping:
+                if now - last_beat >= settings.heartbeat_interval or stopping:
                     last_beat = now
                     self._heartbeat(state)
                     confirmed = now
