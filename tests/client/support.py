@@ -4,9 +4,12 @@ records what crossed the wire."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
+from faults.support import FAST
+from faults.support import FLUX_DEV_PRICE as FLUX_DEV_MICROS
 
 from imagegate_client import CatalogRoute, Protocol, RetryPolicy
 
@@ -14,16 +17,8 @@ SUB = "Ocp-Apim-Subscription-Key"
 FLUX_DEV = CatalogRoute("POST", "/flux-dev/v1/dev/textToImage", Protocol.QUEUE, SUB)
 FLUX_DEV_I2I = CatalogRoute("POST", "/flux-dev/v1/dev/imageToImage", Protocol.QUEUE, SUB)
 KLEIN = CatalogRoute("POST", "/flux-2-klein-4b/v1/generateImage", Protocol.SYNC_OUTPUT, SUB)
-FLUX_DEV_PRICE = "0.025"
+FLUX_DEV_PRICE = Decimal(FLUX_DEV_MICROS) / 1_000_000
 
-# About a second on a quiet 2-core machine once the model is warm.
-FAST: dict[str, Any] = {
-    "prompt": "a small quiet harbour",
-    "num_inference_steps": 1,
-    "image_size": {"width": 64, "height": 64},
-    "enable_safety_checker": False,
-    "output_format": "png",
-}
 # Long enough to be seen running (and canceled) on the tiny model: a few seconds.
 SLOW: dict[str, Any] = {**FAST, "num_inference_steps": 16, "image_size": {"width": 192, "height": 192}}
 KLEIN_BODY: dict[str, Any] = {"prompt": "a dog on a beach", "steps": 1, "width": 512, "height": 512}

@@ -48,7 +48,7 @@ def test_rate_limited_submissions_wait_out_retry_after_each_under_one_idempotenc
             assert len({e.headers["idempotency-key"] for e in posts}) == 3
             assert len({h.request_id for h in handles}) == 3
             assert elapsed >= 1.5  # one token a second: the second and third each waited for one
-            assert client.account().balance == Decimal("10") - 3 * Decimal(FLUX_DEV_PRICE)
+            assert client.account().balance == Decimal("10") - 3 * FLUX_DEV_PRICE
         with Client(server.base_url, key, retries=NO_RETRIES) as impatient, pytest.raises(RateLimitError) as limited:
             for _ in range(3):
                 impatient.submit("flux-dev", FAST, route=FLUX_DEV)
@@ -80,7 +80,7 @@ def test_a_server_not_up_yet_is_retried_until_it_answers(tiny_models: Path, tmp_
             time.sleep(0.05)
         server = start_server(data_dir, config=tiny_models, workers=0, port=port)
         try:
-            assert account.result(timeout=180).balance in (Decimal("10"), Decimal("10") - Decimal(FLUX_DEV_PRICE))
+            assert account.result(timeout=180).balance in (Decimal("10"), Decimal("10") - FLUX_DEV_PRICE)
             handle = submission.result(timeout=180)
             assert handle.request_id is not None and handle.status().request_id == handle.request_id
         finally:
@@ -115,7 +115,7 @@ def test_a_database_outage_answers_503_and_a_submission_is_retried_once_it_is_ba
             assert 503 in [e.status for e in posts] and posts[-1].status == 202
             assert len({e.headers["idempotency-key"] for e in posts}) == 1
             assert handle.status().request_id == handle.request_id
-            assert client.account().balance == Decimal("10") - Decimal(FLUX_DEV_PRICE)  # one request, held once
+            assert client.account().balance == Decimal("10") - FLUX_DEV_PRICE  # one request, held once
     finally:
         relay.restore()
         server.stop()

@@ -113,25 +113,19 @@ class AsyncClient:
 
     async def _steps(self, flow: flows.Flow[T], out: list[T] | None = None) -> AsyncIterator[Any]:
         """Carry out what ``flow`` asks for; yield its events to the caller; its value into ``out``."""
+        runner = flows.Runner(flow)
         lines: dict[httpx.Response, AsyncIterator[str]] = {}
-        value: Any = None
-        error: BaseException | None = None
         try:
-            while True:
-                try:
-                    step = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    if out is not None:
-                        out.append(stop.value)
-                    return
-                value, error = None, None
+            for step in runner:
                 if not isinstance(step, flows.Effect):
                     yield step
                     continue
                 try:
-                    value = await self._do(step, lines)
+                    runner.answer(await self._do(step, lines))
                 except httpx.TransportError as exc:
-                    error = exc
+                    runner.fail(exc)
+            if out is not None:
+                out.append(runner.value)
         finally:
             flow.close()
             for response in lines:

@@ -112,6 +112,36 @@ Flow = Generator[Any, Any, T]
 Emit = Callable[[Event], Flow[None]]
 
 
+class Runner:
+    """Steps an operation for a driver. Iterating gives what it asks for next (an :class:`Effect`,
+    or an event for the caller); the driver answers each effect with :meth:`answer` or, when
+    carrying it out raised, :meth:`fail`. Once iteration stops, ``value`` is what it returned."""
+
+    def __init__(self, flow: Flow[Any]) -> None:
+        self.flow = flow
+        self.value: Any = None
+        self._answer: Any = None
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Runner:
+        return self
+
+    def __next__(self) -> Any:
+        answer, error = self._answer, self._error
+        self._answer, self._error = None, None
+        try:
+            return self.flow.throw(error) if error is not None else self.flow.send(answer)
+        except StopIteration as stop:
+            self.value = stop.value
+            raise StopIteration from None
+
+    def answer(self, value: Any) -> None:
+        self._answer = value
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+
+
 # -- calls ---------------------------------------------------------------------------------------------
 
 

@@ -121,23 +121,18 @@ class Client:
 
     def _steps(self, flow: flows.Flow[T]) -> flows.Flow[T]:
         """Carry out what ``flow`` asks for; yield its events to the caller; return its value."""
+        runner = flows.Runner(flow)
         lines: dict[httpx.Response, Iterator[str]] = {}
-        value: Any = None
-        error: BaseException | None = None
         try:
-            while True:
-                try:
-                    step = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    return stop.value
-                value, error = None, None
+            for step in runner:
                 if not isinstance(step, flows.Effect):
                     yield step
                     continue
                 try:
-                    value = self._do(step, lines)
+                    runner.answer(self._do(step, lines))
                 except httpx.TransportError as exc:
-                    error = exc
+                    runner.fail(exc)
+            return runner.value
         finally:
             flow.close()
             for response in lines:
