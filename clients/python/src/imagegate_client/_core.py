@@ -159,12 +159,15 @@ def is_model_not_found(exc: errors.APIError) -> bool:
 
 
 def choose_route(entry: CatalogEntry, path: str | None) -> CatalogRoute:
+    usable = [r for r in entry.routes if r.protocol in PROTOCOL_PREFERENCE]
     if path is not None:
-        for route in entry.routes:
+        for route in usable:
             if route.path == path:
                 return route
-        raise errors.ModelNotFoundError(entry.id, f"Model '{entry.id}' has no route {path!r}: {[r.path for r in entry.routes]}")
-    return min(entry.routes, key=lambda r: PROTOCOL_PREFERENCE.index(r.protocol))
+        raise errors.ModelNotFoundError(entry.id, f"Model '{entry.id}' has no route {path!r}: {[r.path for r in usable]}")
+    if not usable:
+        raise errors.ModelNotFoundError(entry.id, f"Model '{entry.id}' has no route this client submits through")
+    return min(usable, key=lambda r: PROTOCOL_PREFERENCE.index(Protocol(r.protocol)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def finished(status: QueueStatus) -> Result | errors.RequestFailedError:
 
 def submitted(model_id: str, route: CatalogRoute, response: httpx.Response) -> Submitted:
     """Read a submission's answer in its route's protocol."""
-    protocol = route.protocol
+    protocol = Protocol(route.protocol)
     if protocol is Protocol.QUEUE:
         if response.status_code == 202:
             return Submitted(model_id, read(response, QueueSubmitted).request_id)

@@ -44,6 +44,7 @@ from imagegate_client.models import (
     CatalogEntry,
     CatalogRoute,
     ProgressEvent,
+    Protocol,
     QueueStatus,
     Result,
     Status,
@@ -282,7 +283,7 @@ def submit(
         headers["X-Webhook-URL"] = webhook_url
         if webhook_mode:
             headers["X-Webhook-Mode"] = webhook_mode
-    sync = chosen.protocol in SYNC_PROTOCOLS
+    sync = Protocol(chosen.protocol) in SYNC_PROTOCOLS
     timeout = with_read_timeout(core.timeout, wait) if sync else None
     request = core.request(chosen.method, chosen.path, auth_header=chosen.auth_header, headers=headers, json=body, timeout=timeout)
     try:

@@ -38,7 +38,8 @@ class Status(str, enum.Enum):
 
 
 class Protocol(str, enum.Enum):
-    """How a route answers a submission (README "Protocols")."""
+    """How a route answers a submission (README "Protocols"): the ones the client submits through.
+    The catalog lists others too (``openai``: the OpenAI-compatible images API)."""
 
     QUEUE = "queue"  # 202 {request_id, status, polling_url}
     SYNC_OUTPUT = "sync-output"  # 200 {"output": url} once finished
@@ -142,7 +143,7 @@ class CatalogRoute:
 
     method: str
     path: str
-    protocol: Protocol
+    protocol: str  # a Protocol value, or one the client does not submit through
     auth_header: str  # the header the key goes in (Authorization takes "Bearer <key>")
 
 
