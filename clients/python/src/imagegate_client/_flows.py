@@ -32,7 +32,6 @@ from imagegate_client._core import (
     choose_route,
     finished,
     is_model_not_found,
-    json_body,
     loads_event_data,
     read,
     submitted,
@@ -41,6 +40,7 @@ from imagegate_client._core import (
 )
 from imagegate_client.models import (
     Account,
+    Catalog,
     CatalogEntry,
     CatalogRoute,
     ProgressEvent,
@@ -166,8 +166,6 @@ def call(
                 if response.is_error:
                     raise api_error(response, wait)
                 return response
-            if stream:
-                yield Close(response)
         yield Sleep(delay)
         attempt += 1
 
@@ -182,11 +180,9 @@ def account(core: Core) -> Flow[Account]:
 
 
 def models(core: Core) -> Flow[list[CatalogEntry]]:
-    response = yield from call(core, core.request("GET", MODELS_PATH))
-    body = json_body(response)
-    entries = decode(list[CatalogEntry], body.get("models") if isinstance(body, dict) else None)
-    core.catalog = {entry.id: entry for entry in entries}
-    return entries
+    catalog = yield from get(core, MODELS_PATH, Catalog)
+    core.catalog = {entry.id: entry for entry in catalog.models}
+    return catalog.models
 
 
 def download(core: Core, url: str) -> Flow[bytes]:

@@ -169,6 +169,11 @@ class CatalogEntry:
     request_schema: dict[str, Any]  # JSON Schema of the request body
 
 
+@dataclass(frozen=True)
+class Catalog:
+    models: list[CatalogEntry]
+
+
 # -- live events and uploads -------------------------------------------------------------------------
 
 
