@@ -64,8 +64,7 @@ class AsyncClient:
         **options: Any,
     ) -> Result:
         """See :meth:`Client.subscribe <imagegate_client.Client.subscribe>`."""
-        job = await self._drive(flows.submit(self._core, model_id, input, wait=timeout, **options))
-        return await self._drive(flows.result(self._core, job, timeout=timeout, on_progress=on_progress))
+        return await self._drive(flows.run(self._core, model_id, input, timeout=timeout, on_progress=on_progress, **options))
 
     async def submit(
         self,

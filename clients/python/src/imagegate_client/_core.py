@@ -36,6 +36,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 # The routes that answer only once the request has ended.
 SYNC_PROTOCOLS = frozenset({Protocol.SYNC_OUTPUT, Protocol.SYNC_URL})
+# The routes that may hold their answer until the request ends (batch: up to batch_wait_seconds).
+HOLDING_PROTOCOLS = SYNC_PROTOCOLS | {Protocol.BATCH}
 
 # Which of a model's routes `submit` takes when it is not told: routes that answer with a request
 # id at once come first (the request can then be followed, and canceled).
@@ -100,6 +102,12 @@ class Core:
 
 def auth(header: str, api_key: str) -> dict[str, str]:
     return {header: f"Bearer {api_key}" if header.lower() == AUTHORIZATION.lower() else api_key}
+
+
+def holds_answer(protocol: Protocol, body: Any) -> bool:
+    """Whether the submission's answer waits for the request to end (a queue route does with
+    ``sync_mode``)."""
+    return protocol in HOLDING_PROTOCOLS or (isinstance(body, dict) and body.get("sync_mode") is True)
 
 
 def with_read_timeout(timeout: httpx.Timeout, read: float | None) -> httpx.Timeout:

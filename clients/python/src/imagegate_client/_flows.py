@@ -31,6 +31,7 @@ from imagegate_client._core import (
     api_error,
     choose_route,
     finished,
+    holds_answer,
     is_model_not_found,
     loads_event_data,
     read,
@@ -268,8 +269,8 @@ def submit(
     wait: float | None = None,
 ) -> Flow[Submitted]:
     """Submit ``input`` to the model's route (its preferred one, found in the catalog, unless
-    ``route`` names one). Routes that answer only once the request has ended wait up to ``wait``
-    seconds (unbounded when None: the server bounds them)."""
+    ``route`` names one). An answer that waits for the request to end (synchronous routes, batch,
+    ``sync_mode``) is waited for up to ``wait`` seconds (None: as long as the server holds it)."""
     chosen = yield from route_for(core, model_id, route)
     body = yield from with_uploads(core, input)
     # The key makes the submission safe to send again: the server answers a repeat with the
@@ -279,19 +280,22 @@ def submit(
         headers["X-Webhook-URL"] = webhook_url
         if webhook_mode:
             headers["X-Webhook-Mode"] = webhook_mode
-    sync = Protocol(chosen.protocol) in SYNC_PROTOCOLS
-    timeout = with_read_timeout(core.timeout, wait) if sync else None
+    protocol = Protocol(chosen.protocol)
+    # An answer that waits for the request waits as long as the server holds it (the server
+    # bounds it), or ``wait``.
+    holds = holds_answer(protocol, body)
+    timeout = with_read_timeout(core.timeout, wait) if holds else None
     request = core.request(chosen.method, chosen.path, auth_header=chosen.auth_header, headers=headers, json=body, timeout=timeout)
     try:
         response = yield from call(core, request)
     except errors.APITimeoutError as exc:
-        if sync and wait is not None:
+        if holds and wait is not None:
             raise errors.WaitTimeoutError(None, wait) from exc
         raise
     except errors.APIError as exc:
         if is_model_not_found(exc):
             raise errors.ModelNotFoundError(model_id, exc.message) from exc
-        failure = sync_failure(model_id, exc) if sync else None
+        failure = sync_failure(model_id, exc) if protocol in SYNC_PROTOCOLS else None
         if failure is None:
             raise
         return failure
@@ -445,3 +449,19 @@ def result(
     if isinstance(outcome, errors.RequestFailedError):
         raise outcome
     return outcome
+
+
+def run(
+    core: Core,
+    model_id: str,
+    input: Any,
+    *,
+    timeout: float | None = None,
+    on_progress: Callable[[ProgressEvent], Any] | None = None,
+    **options: Any,
+) -> Flow[Result]:
+    """Submit and wait, ``timeout`` seconds for the two together."""
+    started = time.monotonic()
+    job = yield from submit(core, model_id, input, wait=timeout, **options)
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+    return (yield from result(core, job, timeout=left, on_progress=on_progress))

@@ -65,8 +65,7 @@ class Client:
         **options: Any,
     ) -> Result:
         """:meth:`run`, calling ``on_progress`` with each progress update on the way."""
-        job = self._drive(flows.submit(self._core, model_id, input, wait=timeout, **options))
-        return self._drive(flows.result(self._core, job, timeout=timeout, on_progress=on_progress))
+        return self._drive(flows.run(self._core, model_id, input, timeout=timeout, on_progress=on_progress, **options))
 
     def submit(
         self,
