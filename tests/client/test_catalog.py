@@ -18,7 +18,7 @@ import pytest
 from faults.network import TcpRelay
 from harness import RunningServer, png_bytes, sample_photo
 
-from imagegate_client import AsyncClient, Client, ModelNotFoundError, ProgressEvent, QueueStatus, Status, models
+from imagegate_client import AsyncClient, Client, ModelNotFoundError, ProgressEvent, QueueStatus, RequestFailedError, Status, models
 
 from .support import FAST, KLEIN_BODY, QUICK, SLOW, SUB, RecordingTransport
 
@@ -54,6 +54,27 @@ def test_models_with_other_protocols_run_to_a_result(client: Client, wire: Recor
     assert direct.urls and wire.to("/flux-1-schnell/v1/getData")
 
 
+def test_a_dojo_route_is_followed_by_its_job_id(client: Client, wire: RecordingTransport, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(sample_photo(64, 64)))
+    body = {"prompt": "make it winter", "image": photo, "image_size": {"width": 64, "height": 64}, "seed": 3}
+    handle = client.submit("boogu-image-edit", body, route="/api/v1/models/boogu-image-edit/run")
+    assert handle.request_id is not None and handle.request_id.startswith("boogu-image-edit_")
+    (sent,) = wire.to("/api/v1/models/boogu-image-edit/run")
+    assert sent.headers["authorization"].startswith("Bearer ")
+    result = handle.result(timeout=300)
+    assert result.request_id == handle.request_id and result.urls and result.seed == 3
+
+
+def test_a_synchronous_request_that_fails_raises_and_keeps_its_id(client: Client) -> None:
+    handle = client.submit("pixelforge-image", {"prompt": "a lamp", "image_urls": ["http://127.0.0.1:9/missing.png"]})
+    assert handle.request_id is not None and handle.request_id.startswith("pixelforge-image_")
+    with pytest.raises(RequestFailedError) as failed:
+        handle.result()
+    assert failed.value.state is Status.FAILED and "image_urls" in (failed.value.error or "")
+    assert handle.status().status is Status.FAILED
+
+
 def test_an_unknown_model_or_route_is_model_not_found(client: Client) -> None:
     with pytest.raises(ModelNotFoundError):
         client.run("no-such-model", FAST)
@@ -71,15 +92,19 @@ def test_events_stream_progress_with_steps_without_polling(client: Client, wire:
     assert not wire.to(f"/v2/requests/status/{handle.request_id}")
 
 
-def test_a_broken_event_stream_falls_back_to_polling_and_repeats_nothing(server: RunningServer, api_key: str) -> None:
+def test_a_cut_event_stream_falls_back_to_polling_and_repeats_nothing(server: RunningServer, api_key: str) -> None:
+    """The stream's connection is cut mid-request (it goes silent: no keep-alive arrives); after
+    ``stream_timeout`` the client polls, through the retries while new connections are refused."""
     relay = TcpRelay(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])))
     wire = RecordingTransport()
     try:
-        with Client(f"http://127.0.0.1:{relay.port}", api_key, transport=wire, retries=QUICK, poll_interval=0.2) as client:
+        with Client(
+            f"http://127.0.0.1:{relay.port}", api_key, transport=wire, retries=QUICK, poll_interval=0.2, stream_timeout=3
+        ) as client:
             handle = client.submit("flux-dev", SLOW)
             events = handle.events(timeout=180)
             first = next(events)
-            relay.cut()  # every connection reset, new ones refused for a moment
+            relay.cut()  # every connection dropped, new ones refused for a moment
             threading.Timer(0.5, relay.restore).start()
             rest = list(events)
     finally:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from imagegate_client import _flows as flows
-from imagegate_client._core import DEFAULT_TIMEOUT, Core, HandleBase, Submitted
+from imagegate_client._core import DEFAULT_STREAM_TIMEOUT, DEFAULT_TIMEOUT, Core, HandleBase, Submitted
 from imagegate_client.models import Account, CatalogEntry, CatalogRoute, ProgressEvent, QueueStatus, Result
 from imagegate_client.retries import RetryPolicy
 
@@ -34,9 +34,10 @@ class AsyncClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retries: RetryPolicy | None = None,
         poll_interval: float = 2.0,
+        stream_timeout: float = DEFAULT_STREAM_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._core = Core(base_url, api_key, timeout, retries or RetryPolicy(), poll_interval)
+        self._core = Core(base_url, api_key, timeout, retries or RetryPolicy(), poll_interval, stream_timeout)
         self._http = httpx.AsyncClient(transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
@@ -85,8 +86,8 @@ class AsyncClient:
         )
         return AsyncHandle(self, job)
 
-    def handle(self, request_id: str, model_id: str = "") -> AsyncHandle:
-        return AsyncHandle(self, Submitted(model_id, request_id))
+    def handle(self, request_id: str) -> AsyncHandle:
+        return AsyncHandle(self, Submitted.of(request_id))
 
     async def upload(
         self, source: str | PathLike[str] | bytes, *, filename: str | None = None, content_type: str | None = None

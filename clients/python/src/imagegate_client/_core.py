@@ -33,6 +33,9 @@ T = TypeVar("T")
 AUTHORIZATION = "Authorization"
 USER_AGENT = f"imagegate-client/{__version__}"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# The server sends a keep-alive comment every 15 s (events_keepalive_seconds); an event stream
+# silent for longer than this is dead, or held back by a proxy, and the client polls instead.
+DEFAULT_STREAM_TIMEOUT = 45.0
 
 # The routes that answer only once the request has ended.
 SYNC_PROTOCOLS = frozenset({Protocol.SYNC_OUTPUT, Protocol.SYNC_URL})
@@ -69,6 +72,7 @@ class Core:
     timeout: httpx.Timeout
     retries: RetryPolicy
     poll_interval: float
+    stream_timeout: float
     catalog: dict[str, CatalogEntry] | None = None
 
     def __post_init__(self) -> None:
@@ -186,6 +190,11 @@ class Submitted:
     model_id: str
     request_id: str | None
     outcome: Result | errors.RequestFailedError | None = None
+
+    @classmethod
+    def of(cls, request_id: str) -> Submitted:
+        """A request made earlier: request ids are ``<model id>_<UUIDv7>``."""
+        return cls(request_id.rpartition("_")[0], request_id)
 
 
 def finished(status: QueueStatus) -> Result | errors.RequestFailedError:

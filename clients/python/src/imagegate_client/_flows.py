@@ -63,9 +63,6 @@ MODELS_PATH = "/v2/models"
 # Polls start quick (most tiny requests end within a second) and slow down to the poll interval.
 FIRST_POLL_SECONDS = 0.1
 POLL_GROWTH = 1.5
-# The server sends a keep-alive comment every 15 s; a stream silent for this long is dead (or
-# buffered by a proxy), and the client falls back to polling.
-STREAM_SILENCE_SECONDS = 45.0
 
 
 # -- what an operation asks its driver for -----------------------------------------------------------
@@ -200,6 +197,7 @@ def download(core: Core, url: str) -> Flow[bytes]:
 
 
 def upload(core: Core, source: str | PathLike[str] | bytes, filename: str | None = None, content_type: str | None = None) -> Flow[str]:
+    """Upload a file (a path) or bytes; its URL. The server checks what it is, whatever its name."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, name = bytes(source), filename or "upload"
     else:
@@ -384,7 +382,7 @@ def _stream(
         "GET",
         _request_path(request_id, "/events"),
         headers={"Accept": "text/event-stream"},
-        timeout=with_read_timeout(core.timeout, STREAM_SILENCE_SECONDS),
+        timeout=with_read_timeout(core.timeout, core.stream_timeout),
     )
     try:
         response = yield from call(core, request, stream=True)

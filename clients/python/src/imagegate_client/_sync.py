@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from imagegate_client import _flows as flows
-from imagegate_client._core import DEFAULT_TIMEOUT, Core, HandleBase, Submitted
+from imagegate_client._core import DEFAULT_STREAM_TIMEOUT, DEFAULT_TIMEOUT, Core, HandleBase, Submitted
 from imagegate_client.models import Account, CatalogEntry, CatalogRoute, ProgressEvent, QueueStatus, Result
 from imagegate_client.retries import RetryPolicy
 
@@ -23,6 +23,9 @@ class Client:
     ``transport`` is the one seam: any ``httpx.BaseTransport`` (a proxy's, a mounted app's, a
     recording one) carries every request. ``retries`` says how connection failures, 429 and 503
     are retried; ``timeout`` bounds each HTTP call (not the wait for a result: see ``run``).
+    Following a request polls every ``poll_interval`` seconds at most where there is no event
+    stream, or once one has been silent for ``stream_timeout`` seconds (keep it above the
+    server's ``events_keepalive_seconds``).
     """
 
     def __init__(
@@ -33,9 +36,10 @@ class Client:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         retries: RetryPolicy | None = None,
         poll_interval: float = 2.0,
+        stream_timeout: float = DEFAULT_STREAM_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._core = Core(base_url, api_key, timeout, retries or RetryPolicy(), poll_interval)
+        self._core = Core(base_url, api_key, timeout, retries or RetryPolicy(), poll_interval, stream_timeout)
         self._http = httpx.Client(transport=transport)
 
     def __enter__(self) -> Client:
@@ -89,9 +93,9 @@ class Client:
         )
         return Handle(self, job)
 
-    def handle(self, request_id: str, model_id: str = "") -> Handle:
+    def handle(self, request_id: str) -> Handle:
         """A handle on a request submitted earlier (by any protocol), from its id."""
-        return Handle(self, Submitted(model_id, request_id))
+        return Handle(self, Submitted.of(request_id))
 
     def upload(self, source: str | PathLike[str] | bytes, *, filename: str | None = None, content_type: str | None = None) -> str:
         """Upload a local file (a path) or bytes; its URL, usable as any image input with this key."""
