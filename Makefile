@@ -24,12 +24,14 @@ system-packages:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-# torch is installed first and pinned: left to the resolver it would pull CUDA builds.
-$(STAMP): pyproject.toml | system-packages
+# torch is installed first and pinned: left to the resolver it would pull CUDA builds. The Python
+# client is a package of its own (clients/python); the tests drive the server with it.
+$(STAMP): pyproject.toml clients/python/pyproject.toml | system-packages
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e clients/python
 	touch $(STAMP)
 
 bench: $(STAMP)
