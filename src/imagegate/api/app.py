@@ -67,6 +67,9 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     from imagegate.api.admin import router as admin_router
 
     app.include_router(admin_router)
+    from imagegate.api.console import router as console_router
+
+    app.include_router(console_router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
