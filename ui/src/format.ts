@@ -29,6 +29,12 @@ export function bytes(size: number): string {
   return `${(size / 1024 / 1024).toFixed(1)} MB`;
 }
 
+// The colour class of a signed amount: red out of the wallet, green into it, plain for zero.
+export function direction(amount: string | number): string {
+  const value = Number(amount);
+  return value < 0 ? "negative" : value > 0 ? "positive" : "";
+}
+
 export function percent(progress: number | null | undefined): string {
   return `${Math.round((progress ?? 0) * 100)}%`;
 }

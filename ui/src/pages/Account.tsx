@@ -1,7 +1,7 @@
 // The key's wallet: balance and ledger (top-ups, holds, captures, releases).
 import { query, userApi } from "../api";
 import { Card, Empty, ErrorBox, MoreButton, useLoad, usePaged } from "../components";
-import { usd, when } from "../format";
+import { direction, usd, when } from "../format";
 import type { Account as AccountBody, ItemsPage, LedgerItem } from "../types";
 
 export function Account() {
@@ -56,7 +56,7 @@ export function Account() {
                   <td>
                     <span class={`badge kind-${item.kind}`}>{item.kind}</span>
                   </td>
-                  <td class={`num ${Number(item.amount) < 0 ? "negative" : "positive"}`}>{usd(item.amount)}</td>
+                  <td class={`num ${direction(item.amount)}`}>{usd(item.amount)}</td>
                   <td class="mono small">{item.request_id ?? "—"}</td>
                 </tr>
               ))}

@@ -197,7 +197,12 @@ function Control(props: FieldProps) {
     case "seed":
       return <SeedField {...props} />;
     case "boolean":
-      return <input type="checkbox" name={field.name} checked={Boolean(value)} onChange={(e) => set((e.target as HTMLInputElement).checked)} />;
+      return (
+        <label class="inline">
+          <input type="checkbox" name={field.name} checked={Boolean(value)} onChange={(e) => set((e.target as HTMLInputElement).checked)} />
+          {value ? "yes" : "no"}
+        </label>
+      );
     case "enum":
       return (
         <select name={field.name} class={invalid ? "invalid" : ""} value={String(value ?? "")} onChange={(e) => set(valueOf(e))}>

@@ -4,7 +4,7 @@ import { useEffect, useState } from "preact/hooks";
 
 import { adminApi, ApiError } from "../../api";
 import { Card, CopyButton, Empty, ErrorBox, MoreButton, usePaged } from "../../components";
-import { usd, when } from "../../format";
+import { direction, usd, when } from "../../format";
 import { navigate } from "../../router";
 import { signIn } from "../../session";
 import type { CreatedKey, KeyDetail, KeyView, LedgerEntryView } from "../../types";
@@ -23,7 +23,7 @@ function Ledger({ keyId }: { keyId: string }) {
               <td>
                 <span class={`badge kind-${e.kind}`}>{e.kind}</span>
               </td>
-              <td class={`num ${Number(e.amount) < 0 ? "negative" : "positive"}`}>{usd(e.amount)}</td>
+              <td class={`num ${direction(e.amount)}`}>{usd(e.amount)}</td>
               <td class="mono small">{e.job_id ?? ""}</td>
             </tr>
           ))}
