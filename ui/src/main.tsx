@@ -104,8 +104,8 @@ function App() {
         <div class="sidebar-foot">
           <Who kind="key" />
           <Who kind="admin" />
-          <a class="muted small" href="/docs" target="_blank" rel="noreferrer">
-            API reference
+          <a class="muted small" href="/openapi.json" target="_blank" rel="noreferrer">
+            OpenAPI document
           </a>
         </div>
       </nav>

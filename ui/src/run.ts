@@ -58,8 +58,9 @@ let nextId = runs.reduce((max, r) => Math.max(max, r.id), 0) + 1;
 function restore(): Run[] {
   try {
     const saved = JSON.parse(sessionStorage.getItem(STORAGE) ?? "[]") as Run[];
-    // A run cut short by a reload is no longer followed: it says so rather than spin forever.
-    return saved.map((r) => (isLive(r) ? { ...r, error: r.error ?? "No longer followed (the page was reloaded); see History" } : r));
+    // A reload before the server answered leaves nothing to follow (History has the request if
+    // it was made); one with a request id is followed again below.
+    return saved.filter((r) => r.status !== "SUBMITTING");
   } catch {
     return [];
   }
@@ -135,7 +136,7 @@ async function pollStatus(id: number, requestId: string): Promise<void> {
 }
 
 // The event stream until `done`; the status poll where the stream is missing or breaks off.
-async function follow(id: number, requestId: string, signal: AbortSignal): Promise<void> {
+async function follow(id: number, requestId: string, signal = new AbortController().signal): Promise<void> {
   let ended = false;
   try {
     const response = await openEvents(requestId, signal);
@@ -225,7 +226,7 @@ async function execute(run: Run, entry: CatalogEntry): Promise<void> {
   if (route.protocol === "queue") {
     const submitted = await submit<{ request_id: string; status: JobStatus }>();
     change(id, { requestId: submitted.request_id, status: submitted.status });
-    await follow(id, submitted.request_id, new AbortController().signal);
+    await follow(id, submitted.request_id);
     return;
   }
   // Synchronous styles: follow the request found in the history while the answer is awaited.
@@ -267,4 +268,9 @@ export async function cancelRun(run: Run): Promise<void> {
   if (!run.requestId) return;
   const status = await userApi<QueueStatus>(`/v2/requests/${encodeURIComponent(run.requestId)}/cancel`, { method: "PUT" });
   change(run.id, fromStatus(status));
+}
+
+// Runs a reload interrupted carry on where they were.
+for (const run of runs) {
+  if (isLive(run) && run.requestId) void follow(run.id, run.requestId).catch((error) => failed(run.id, error));
 }

@@ -49,7 +49,8 @@ export class EventParser {
   }
 }
 
-// Reads the stream until it ends or `signal` aborts; each event goes to `onEvent`.
+// Reads the stream until it ends (aborting the fetch ends it with an error); each event goes to
+// `onEvent`.
 export async function readEvents(
   response: Response,
   onEvent: (event: ServerEvent) => void,
