@@ -39,5 +39,12 @@ def sign_in(page: Any, field: str, secret: str) -> None:
     page.wait_for_selector(f"input[name={field}]", state="detached")
 
 
+def refused_sign_in(page: Any, field: str, secret: str) -> str:
+    """Submit a secret the server refuses; the error the form shows."""
+    page.fill(f"input[name={field}]", secret)
+    page.click("form.card button[type=submit]")
+    return page.inner_text(".error")
+
+
 def session_storage(page: Any) -> dict[str, str]:
     return page.evaluate("() => Object.fromEntries(Object.entries(sessionStorage))")

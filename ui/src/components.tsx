@@ -85,6 +85,43 @@ export function usePaged<T>(fetchPage: (cursor: string | null) => Promise<{ item
   return { items, error, loading, more: next !== null, loadMore: () => next && load(next), reload: () => load(null) };
 }
 
+export interface Action {
+  error: ApiError | null;
+  busy: boolean;
+  // Runs `work`, keeping its error for the page to show: its result, or null when it failed.
+  run: <T>(work: () => Promise<T>) => Promise<T | null>;
+}
+
+// What a button does to the server, with the error (or nothing) the page shows beside it.
+export function useAction(): Action {
+  const [error, setError] = useState<ApiError | null>(null);
+  const [busy, setBusy] = useState(false);
+  const run = useCallback(async <T,>(work: () => Promise<T>): Promise<T | null> => {
+    setError(null);
+    setBusy(true);
+    try {
+      return await work();
+    } catch (err) {
+      setError(asApiError(err));
+      return null;
+    } finally {
+      setBusy(false);
+    }
+  }, []);
+  return { error, busy, run };
+}
+
+// A paged list's states: its error, the list itself, loading, empty, and the next page.
+export function PagedList({ paged, empty, children }: { paged: Paged<unknown>; empty: string; children: ComponentChildren }) {
+  return (
+    <>
+      <ErrorBox error={paged.error} />
+      {paged.items.length ? children : paged.loading ? <p class="muted">Loading…</p> : <Empty>{empty}</Empty>}
+      <MoreButton paged={paged} />
+    </>
+  );
+}
+
 export function ErrorBox({ error, title }: { error: ApiError | Error | string | null; title?: string }) {
   if (!error) return null;
   const status = error instanceof ApiError && error.status ? ` (${error.status})` : "";
@@ -209,6 +246,17 @@ export function BarChart({ bars, format, height = 180 }: { bars: Bar[]; format: 
         {format(max)}
       </text>
     </svg>
+  );
+}
+
+// A <select> of [value, label] pairs.
+export function Choice({ name, value, options, onChange }: { name: string; value: string; options: [string, string][]; onChange: (value: string) => void }) {
+  return (
+    <select name={name} value={value} onChange={(e) => onChange((e.target as HTMLSelectElement).value)}>
+      {options.map(([v, label]) => (
+        <option value={v}>{label}</option>
+      ))}
+    </select>
   );
 }
 

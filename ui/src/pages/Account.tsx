@@ -1,6 +1,6 @@
 // The key's wallet: balance and ledger (top-ups, holds, captures, releases).
 import { query, userApi } from "../api";
-import { Card, Empty, ErrorBox, MoreButton, useLoad, usePaged } from "../components";
+import { Card, ErrorBox, PagedList, useLoad, usePaged } from "../components";
 import { direction, usd, when } from "../format";
 import type { Account as AccountBody, ItemsPage, LedgerItem } from "../types";
 
@@ -38,8 +38,7 @@ export function Account() {
         ) : null}
       </Card>
       <Card title="Ledger">
-        <ErrorBox error={ledger.error} />
-        {ledger.items.length ? (
+        <PagedList paged={ledger} empty="No movements yet.">
           <table class="table">
             <thead>
               <tr>
@@ -62,12 +61,7 @@ export function Account() {
               ))}
             </tbody>
           </table>
-        ) : ledger.loading ? (
-          <p class="muted">Loading…</p>
-        ) : (
-          <Empty>No movements yet.</Empty>
-        )}
-        <MoreButton paged={ledger} />
+        </PagedList>
       </Card>
     </div>
   );

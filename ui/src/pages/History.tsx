@@ -2,8 +2,8 @@
 // queued or running.
 import { useEffect, useState } from "preact/hooks";
 
-import { ApiError, query, userApi } from "../api";
-import { Card, Empty, ErrorBox, MoreButton, ProgressBar, StatusBadge, usePaged } from "../components";
+import { query, userApi } from "../api";
+import { Card, Choice, ErrorBox, PagedList, ProgressBar, StatusBadge, useAction, usePaged } from "../components";
 import { usd, when } from "../format";
 import type { ItemsPage, QueueStatus, RequestSummary } from "../types";
 
@@ -11,7 +11,7 @@ const FILTERS = ["", "QUEUED,PROCESSING", "COMPLETED", "FAILED,ERROR", "CANCELED
 
 export function History() {
   const [status, setStatus] = useState("");
-  const [error, setError] = useState<ApiError | null>(null);
+  const action = useAction();
   const paged = usePaged(
     (cursor) =>
       userApi<ItemsPage<RequestSummary>>(`/v2/requests${query({ limit: 20, cursor, status })}`).then((page) => ({
@@ -29,32 +29,23 @@ export function History() {
   }, [live, paged.reload]);
 
   const cancel = async (item: RequestSummary) => {
-    setError(null);
-    try {
-      await userApi<QueueStatus>(`/v2/requests/${encodeURIComponent(item.request_id)}/cancel`, { method: "PUT" });
-      paged.reload();
-    } catch (err) {
-      setError(err as ApiError);
-    }
+    await action.run(() => userApi<QueueStatus>(`/v2/requests/${encodeURIComponent(item.request_id)}/cancel`, { method: "PUT" }));
+    paged.reload();
   };
 
   return (
     <Card
       actions={
         <div class="row">
-          <select name="status" value={status} onChange={(e) => setStatus((e.target as HTMLSelectElement).value)}>
-            {FILTERS.map((f) => (
-              <option value={f}>{f ? f.replace(",", " or ").toLowerCase() : "all statuses"}</option>
-            ))}
-          </select>
+          <Choice name="status" value={status} onChange={setStatus} options={FILTERS.map((f) => [f, f ? f.replace(",", " or ").toLowerCase() : "all statuses"])} />
           <button type="button" class="secondary small" onClick={paged.reload}>
             Refresh
           </button>
         </div>
       }
     >
-      <ErrorBox error={paged.error ?? error} />
-      {paged.items.length ? (
+      <ErrorBox error={action.error} />
+      <PagedList paged={paged} empty="No requests yet.">
         <table class="table history">
           <thead>
             <tr>
@@ -99,12 +90,7 @@ export function History() {
             ))}
           </tbody>
         </table>
-      ) : paged.loading ? (
-        <p class="muted">Loading…</p>
-      ) : (
-        <Empty>No requests yet.</Empty>
-      )}
-      <MoreButton paged={paged} />
+      </PagedList>
     </Card>
   );
 }

@@ -2,8 +2,8 @@
 // for masks a brush over the picture being edited.
 import { useEffect, useRef, useState } from "preact/hooks";
 
-import { ApiError, userApi } from "../api";
-import { ErrorBox } from "../components";
+import { userApi } from "../api";
+import { ErrorBox, useAction } from "../components";
 import { bytes } from "../format";
 import type { Uploaded } from "../types";
 
@@ -32,26 +32,18 @@ interface ImageInputProps {
 }
 
 export function ImageInput({ name, value, onChange, accept = "image/*", invalid }: ImageInputProps) {
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<ApiError | null>(null);
+  const sending = useAction();
   const [note, setNote] = useState<string | null>(null);
   const fileInput = useRef<HTMLInputElement>(null);
 
   const pick = async (event: Event) => {
     const file = (event.target as HTMLInputElement).files?.[0];
     if (!file) return;
-    setBusy(true);
-    setError(null);
-    try {
-      const uploaded = await upload(file, file.name);
-      setNote(`${file.name} · ${bytes(uploaded.size)} uploaded`);
-      onChange(uploaded.url);
-    } catch (err) {
-      setError(err instanceof ApiError ? err : new ApiError(0, String(err)));
-    } finally {
-      setBusy(false);
-      if (fileInput.current) fileInput.current.value = "";
-    }
+    const uploaded = await sending.run(() => upload(file, file.name));
+    if (fileInput.current) fileInput.current.value = "";
+    if (!uploaded) return;
+    setNote(`${file.name} · ${bytes(uploaded.size)} uploaded`);
+    onChange(uploaded.url);
   };
 
   const isPicture = accept.startsWith("image");
@@ -69,13 +61,13 @@ export function ImageInput({ name, value, onChange, accept = "image/*", invalid 
             onChange((e.target as HTMLInputElement).value);
           }}
         />
-        <button type="button" class="secondary" disabled={busy} onClick={() => fileInput.current?.click()}>
-          {busy ? "Uploading…" : "Upload…"}
+        <button type="button" class="secondary" disabled={sending.busy} onClick={() => fileInput.current?.click()}>
+          {sending.busy ? "Uploading…" : "Upload…"}
         </button>
         <input ref={fileInput} type="file" accept={accept} hidden data-field={name} onChange={pick} />
       </div>
       {note ? <p class="muted small">{note}</p> : null}
-      <ErrorBox error={error} />
+      <ErrorBox error={sending.error} />
       {value && isPicture ? <img class="input-preview" src={previewOf(value)} alt="" referrerpolicy="no-referrer" /> : null}
     </div>
   );
@@ -88,8 +80,7 @@ export function MaskPainter({ image, onDone, onClose }: { image: string; onDone:
   const picture = useRef<HTMLImageElement>(null);
   const [brush, setBrush] = useState(24);
   const [size, setSize] = useState<{ w: number; h: number } | null>(null);
-  const [error, setError] = useState<ApiError | null>(null);
-  const [busy, setBusy] = useState(false);
+  const sending = useAction();
   const drawing = useRef(false);
 
   useEffect(() => {
@@ -123,16 +114,11 @@ export function MaskPainter({ image, onDone, onClose }: { image: string; onDone:
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, out.width, out.height);
     ctx.drawImage(c, 0, 0);
-    setBusy(true);
-    try {
-      const blob = await new Promise<Blob>((resolve, reject) => out.toBlob((b) => (b ? resolve(b) : reject(new Error("no PNG"))), "image/png"));
-      const uploaded = await upload(blob, "mask.png");
-      onDone(uploaded.url);
-    } catch (err) {
-      setError(err instanceof ApiError ? err : new ApiError(0, String(err)));
-    } finally {
-      setBusy(false);
-    }
+    const uploaded = await sending.run(async () => {
+      const blob = await new Promise<Blob>((resolve, reject) => out.toBlob((b) => (b ? resolve(b) : reject(new Error("the browser made no PNG"))), "image/png"));
+      return upload(blob, "mask.png");
+    });
+    if (uploaded) onDone(uploaded.url);
   };
 
   const clear = () => {
@@ -170,11 +156,11 @@ export function MaskPainter({ image, onDone, onClose }: { image: string; onDone:
         <button type="button" class="secondary" onClick={onClose}>
           Close
         </button>
-        <button type="button" disabled={busy || !size} onClick={save}>
-          {busy ? "Uploading…" : "Use this mask"}
+        <button type="button" disabled={sending.busy || !size} onClick={save}>
+          {sending.busy ? "Uploading…" : "Use this mask"}
         </button>
       </div>
-      <ErrorBox error={error} />
+      <ErrorBox error={sending.error} />
     </div>
   );
 }

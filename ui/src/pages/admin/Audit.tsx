@@ -1,7 +1,7 @@
 // Every change made through the admin API or the command line.
 import { useState } from "preact/hooks";
 
-import { Card, Empty, ErrorBox, MoreButton, usePaged } from "../../components";
+import { Card, PagedList, usePaged } from "../../components";
 import { when } from "../../format";
 import type { AuditEntry } from "../../types";
 import { adminPage } from "./paging";
@@ -19,8 +19,7 @@ export function Audit() {
         </div>
       }
     >
-      <ErrorBox error={entries.error} />
-      {entries.items.length ? (
+      <PagedList paged={entries} empty="No changes recorded.">
         <table class="table">
           <thead>
             <tr>
@@ -43,12 +42,7 @@ export function Audit() {
             ))}
           </tbody>
         </table>
-      ) : entries.loading ? (
-        <p class="muted">Loading…</p>
-      ) : (
-        <Empty>No changes recorded.</Empty>
-      )}
-      <MoreButton paged={entries} />
+      </PagedList>
     </Card>
   );
 }

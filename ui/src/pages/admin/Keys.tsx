@@ -2,8 +2,8 @@
 // secret, read a key's ledger.
 import { useEffect, useState } from "preact/hooks";
 
-import { adminApi, ApiError } from "../../api";
-import { Card, CopyButton, Empty, ErrorBox, MoreButton, usePaged } from "../../components";
+import { adminApi } from "../../api";
+import { Card, Choice, CopyButton, ErrorBox, PagedList, useAction, usePaged, type Action } from "../../components";
 import { direction, usd, when } from "../../format";
 import { navigate } from "../../router";
 import { signIn } from "../../session";
@@ -14,7 +14,7 @@ function Ledger({ keyId }: { keyId: string }) {
   const ledger = usePaged(adminPage<LedgerEntryView>(`/keys/${encodeURIComponent(keyId)}/ledger`, { limit: 20 }), [keyId]);
   return (
     <div class="nested">
-      <ErrorBox error={ledger.error} />
+      <PagedList paged={ledger} empty="No movements yet.">
       <table class="table compact">
         <tbody>
           {ledger.items.map((e) => (
@@ -29,25 +29,19 @@ function Ledger({ keyId }: { keyId: string }) {
           ))}
         </tbody>
       </table>
-      <MoreButton paged={ledger} />
+      </PagedList>
     </div>
   );
 }
 
-function KeyRow({ item, onChanged, onError }: { item: KeyView; onChanged: (key: KeyView) => void; onError: (e: ApiError | null) => void }) {
+function KeyRow({ item, onChanged, action }: { item: KeyView; onChanged: (key: KeyView) => void; action: Action }) {
   const [amount, setAmount] = useState("");
   const [secret, setSecret] = useState<string | null>(null);
   const [open, setOpen] = useState(false);
   const act = async (path: string, body?: unknown) => {
-    onError(null);
-    try {
-      const key = await adminApi<KeyView | KeyDetail>(`/keys/${encodeURIComponent(item.id)}${path}`, { method: "POST", body });
-      onChanged(key);
-      return key;
-    } catch (err) {
-      onError(err as ApiError);
-      return null;
-    }
+    const key = await action.run(() => adminApi<KeyView | KeyDetail>(`/keys/${encodeURIComponent(item.id)}${path}`, { method: "POST", body }));
+    if (key) onChanged(key);
+    return key;
   };
   const topup = async (event: Event) => {
     event.preventDefault();
@@ -116,22 +110,18 @@ export function Keys() {
   // Rows changed here since the list was read; a fresh read replaces them.
   const [changed, setChanged] = useState<Record<string, KeyView>>({});
   useEffect(() => setChanged({}), [keys.items]);
-  const [error, setError] = useState<ApiError | null>(null);
+  const action = useAction();
   const [name, setName] = useState("");
   const [balance, setBalance] = useState("10");
   const [created, setCreated] = useState<CreatedKey | null>(null);
 
   const create = async (event: Event) => {
     event.preventDefault();
-    setError(null);
-    try {
-      const answer = await adminApi<CreatedKey>("/keys", { method: "POST", body: { name: name.trim(), balance: balance.trim() || "0" } });
-      setCreated(answer);
-      setName("");
-      keys.reload();
-    } catch (err) {
-      setError(err as ApiError);
-    }
+    const answer = await action.run(() => adminApi<CreatedKey>("/keys", { method: "POST", body: { name: name.trim(), balance: balance.trim() || "0" } }));
+    if (!answer) return;
+    setCreated(answer);
+    setName("");
+    keys.reload();
   };
 
   return (
@@ -175,15 +165,11 @@ export function Keys() {
       <Card
         title="All keys"
         actions={
-          <select name="disabled" value={filter} onChange={(e) => setFilter((e.target as HTMLSelectElement).value)}>
-            <option value="">all keys</option>
-            <option value="false">active</option>
-            <option value="true">disabled</option>
-          </select>
+          <Choice name="disabled" value={filter} onChange={setFilter} options={[["", "all keys"], ["false", "active"], ["true", "disabled"]]} />
         }
       >
-        <ErrorBox error={keys.error ?? error} />
-        {keys.items.length ? (
+        <ErrorBox error={action.error} />
+        <PagedList paged={keys} empty="No keys yet.">
           <table class="table keys">
             <thead>
               <tr>
@@ -198,16 +184,11 @@ export function Keys() {
             </thead>
             <tbody>
               {keys.items.map((item) => (
-                <KeyRow key={item.id} item={changed[item.id] ?? item} onError={setError} onChanged={(k) => setChanged((all) => ({ ...all, [k.id]: k }))} />
+                <KeyRow key={item.id} item={changed[item.id] ?? item} action={action} onChanged={(k) => setChanged((all) => ({ ...all, [k.id]: k }))} />
               ))}
             </tbody>
           </table>
-        ) : keys.loading ? (
-          <p class="muted">Loading…</p>
-        ) : (
-          <Empty>No keys yet.</Empty>
-        )}
-        <MoreButton paged={keys} />
+        </PagedList>
       </Card>
     </div>
   );

@@ -1,27 +1,22 @@
 // Every catalog model: switch it on or off, set or clear its runtime price, see where it runs.
 import { useEffect, useState } from "preact/hooks";
 
-import { adminApi, ApiError } from "../../api";
-import { Card, ErrorBox, useLoad } from "../../components";
+import { adminApi } from "../../api";
+import { Card, ErrorBox, useAction, useLoad, type Action } from "../../components";
 import { usd } from "../../format";
 import type { ModelView, Page } from "../../types";
 
-function ModelRow({ listed, onError }: { listed: ModelView; onError: (e: ApiError | null) => void }) {
+function ModelRow({ listed, action }: { listed: ModelView; action: Action }) {
   // The row shows the change it asked for at once, then what the server answered.
   const [model, setModel] = useState(listed);
   useEffect(() => setModel(listed), [listed]);
   const [price, setPrice] = useState("");
   const act = async (path: string, method: string, body?: unknown, expected?: Partial<ModelView>) => {
-    onError(null);
     const before = model;
     if (expected) setModel({ ...model, ...expected });
-    try {
-      setModel(await adminApi<ModelView>(`/models/${encodeURIComponent(model.id)}${path}`, { method, body }));
-      setPrice("");
-    } catch (err) {
-      setModel(before);
-      onError(err as ApiError);
-    }
+    const answer = await action.run(() => adminApi<ModelView>(`/models/${encodeURIComponent(model.id)}${path}`, { method, body }));
+    setModel(answer ?? before);
+    if (answer) setPrice("");
   };
   return (
     <tr data-model-id={model.id} class={model.enabled ? "" : "dim"}>
@@ -67,10 +62,10 @@ function ModelRow({ listed, onError }: { listed: ModelView; onError: (e: ApiErro
 
 export function Models() {
   const models = useLoad(() => adminApi<Page<ModelView>>("/models?limit=500"), []);
-  const [error, setError] = useState<ApiError | null>(null);
+  const action = useAction();
   return (
     <Card actions={<button type="button" class="secondary small" onClick={models.reload}>Refresh</button>}>
-      <ErrorBox error={models.error ?? error} />
+      <ErrorBox error={models.error ?? action.error} />
       <table class="table">
         <thead>
           <tr>
@@ -85,7 +80,7 @@ export function Models() {
         </thead>
         <tbody>
           {(models.data?.data ?? []).map((m) => (
-            <ModelRow key={m.id} listed={m} onError={setError} />
+            <ModelRow key={m.id} listed={m} action={action} />
           ))}
         </tbody>
       </table>

@@ -1,8 +1,6 @@
 // The live queue: depth per model, running jobs with their progress, queued jobs; cancel any.
-import { useState } from "preact/hooks";
-
-import { adminApi, ApiError, query } from "../../api";
-import { Card, Empty, ErrorBox, ProgressBar, StatusBadge, useLoad } from "../../components";
+import { adminApi, query } from "../../api";
+import { Card, Empty, ErrorBox, ProgressBar, StatusBadge, useAction, useLoad } from "../../components";
 import { usd, when } from "../../format";
 import type { JobDetail, JobView, Page } from "../../types";
 
@@ -31,15 +29,10 @@ function depth(queued: JobView[], running: JobView[]): { model: string; queued: 
 
 export function Queue() {
   const jobs = useLoad(liveJobs, [], REFRESH_MS);
-  const [error, setError] = useState<ApiError | null>(null);
+  const action = useAction();
   const cancel = async (job: JobView) => {
-    setError(null);
-    try {
-      await adminApi<JobDetail>(`/jobs/${encodeURIComponent(job.id)}/cancel`, { method: "POST" });
-      jobs.reload();
-    } catch (err) {
-      setError(err as ApiError);
-    }
+    await action.run(() => adminApi<JobDetail>(`/jobs/${encodeURIComponent(job.id)}/cancel`, { method: "POST" }));
+    jobs.reload();
   };
   const queued = jobs.data?.queued ?? [];
   const running = jobs.data?.running ?? [];
@@ -53,7 +46,7 @@ export function Queue() {
     );
   return (
     <div class="stack">
-      <ErrorBox error={jobs.error ?? error} />
+      <ErrorBox error={jobs.error ?? action.error} />
       <Card title="Depth per model">
         {queued.length || running.length ? (
           <table class="table compact">

@@ -2,7 +2,7 @@
 import { useState } from "preact/hooks";
 
 import { adminApi, query } from "../../api";
-import { BarChart, Card, Empty, ErrorBox, useLoad } from "../../components";
+import { BarChart, Card, Choice, Empty, ErrorBox, useLoad } from "../../components";
 import { usd } from "../../format";
 import type { UsagePage, UsageRow } from "../../types";
 
@@ -94,11 +94,7 @@ export function Usage() {
         title="Totals"
         actions={
           <div class="row wrap">
-            <select name="period" value={String(days)} onChange={(e) => setDays(Number((e.target as HTMLSelectElement).value))}>
-              {PERIODS.map((p) => (
-                <option value={String(p.days)}>{p.label}</option>
-              ))}
-            </select>
+            <Choice name="period" value={String(days)} onChange={(v) => setDays(Number(v))} options={PERIODS.map((p) => [String(p.days), p.label])} />
             <input name="usage-key" placeholder="key id" value={keyId} onChange={(e) => setKeyId((e.target as HTMLInputElement).value)} />
             <input name="usage-model" placeholder="model id" value={modelId} onChange={(e) => setModelId((e.target as HTMLInputElement).value)} />
           </div>

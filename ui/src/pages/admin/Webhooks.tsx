@@ -1,8 +1,8 @@
 // Webhook deliveries of every request; send a request's final webhook again.
 import { useState } from "preact/hooks";
 
-import { adminApi, ApiError } from "../../api";
-import { Card, Empty, ErrorBox, MoreButton, usePaged } from "../../components";
+import { adminApi } from "../../api";
+import { Card, Choice, ErrorBox, PagedList, useAction, usePaged } from "../../components";
 import { when } from "../../format";
 import type { DeliveryView } from "../../types";
 import { adminPage } from "./paging";
@@ -13,34 +13,25 @@ export function Webhooks() {
   const [state, setState] = useState("");
   const [requestId, setRequestId] = useState("");
   const deliveries = usePaged(adminPage<DeliveryView>("/webhooks", { limit: 50, state: state || null, request_id: requestId.trim() || null }), [state, requestId]);
-  const [error, setError] = useState<ApiError | null>(null);
+  const action = useAction();
   const [sent, setSent] = useState<string | null>(null);
   const redeliver = async (item: DeliveryView) => {
-    setError(null);
-    try {
-      const event = await adminApi<DeliveryView>(`/webhooks/${encodeURIComponent(item.request_id)}/redeliver`, { method: "POST" });
-      setSent(`${event.request_id}: ${event.event_type} queued again (${event.event_id})`);
-      deliveries.reload();
-    } catch (err) {
-      setError(err as ApiError);
-    }
+    const event = await action.run(() => adminApi<DeliveryView>(`/webhooks/${encodeURIComponent(item.request_id)}/redeliver`, { method: "POST" }));
+    if (event) setSent(`${event.request_id}: ${event.event_type} queued again (${event.event_id})`);
+    deliveries.reload();
   };
   return (
     <Card
       actions={
         <div class="row">
-          <select name="state" value={state} onChange={(e) => setState((e.target as HTMLSelectElement).value)}>
-            {STATES.map((s) => (
-              <option value={s}>{s || "every state"}</option>
-            ))}
-          </select>
+          <Choice name="state" value={state} onChange={setState} options={STATES.map((s) => [s, s || "every state"])} />
           <input name="request-id" placeholder="request id" value={requestId} onChange={(e) => setRequestId((e.target as HTMLInputElement).value)} />
         </div>
       }
     >
-      <ErrorBox error={deliveries.error ?? error} />
+      <ErrorBox error={action.error} />
       {sent ? <p class="notice">{sent}</p> : null}
-      {deliveries.items.length ? (
+      <PagedList paged={deliveries} empty="No webhook deliveries.">
         <table class="table">
           <thead>
             <tr>
@@ -77,12 +68,7 @@ export function Webhooks() {
             ))}
           </tbody>
         </table>
-      ) : deliveries.loading ? (
-        <p class="muted">Loading…</p>
-      ) : (
-        <Empty>No webhook deliveries.</Empty>
-      )}
-      <MoreButton paged={deliveries} />
+      </PagedList>
     </Card>
   );
 }
