@@ -1,10 +1,16 @@
-"""Queue benchmark: submit throughput, enqueue-to-start latency, status-poll throughput and the
-end-to-end latency of a tiny-model job, on SQLite and on PostgreSQL.
+"""Queue benchmark, on SQLite and on PostgreSQL, each figure beside its yardstick in one run:
 
-    .venv/bin/python benchmarks/queue.py [--seconds 5] [--skip-postgres]
+- submit and status-poll throughput, polls beside a bare FastAPI endpoint (benchmarks/yardstick/bare_app.py)
+  served by as many uvicorn processes;
+- at concurrency 1, a sync request split by the job's own timestamps: submit, enqueue→start, the
+  engine, completion notice; per-job overhead (the request's time minus the engine's) beside the
+  bare endpoint sleeping the same engine time;
+- the statements an idle fleet of workers sends per second.
 
-Starts real servers (`imagegate serve`) on loopback with tiny fixture weights and drives them
-from separate load-generator processes using keep-alive HTTP connections. Prints a table.
+    .venv/bin/python benchmarks/queue.py [--seconds 5] [--jobs 40] [--fleet 16] [--skip-postgres]
+
+Starts real servers (`imagegate serve`, `imagegate worker`) on loopback with tiny fixture weights
+and drives them from separate load-generator processes using keep-alive HTTP connections.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -70,16 +78,42 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def measure(label: str, database_url: str | None, latency_database_url: str | None, config: Path, seconds: float, api_processes: int, clients: int) -> dict[str, str]:
-    from imagegate.jobs.store import JobStore
+def p50_p99(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} / {percentile(values, 99):.2f}"
 
-    row: dict[str, str] = {"database": label}
-    data = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
-    env = {"IMAGEGATE_RATE_LIMIT_PER_SECOND": "0", "IMAGEGATE_WORKER_POLL_INTERVAL_S": "0.005"}
-    # 1. Submits and polls against a server without workers: the queue alone.
-    idle = start_server(
-        data / "idle", config=config, database_url=database_url, workers=0, extra_env={**env, "IMAGEGATE_API_PROCESSES": str(api_processes)}
+
+@contextmanager
+def bare_server(processes: int) -> Iterator[str]:
+    """benchmarks/yardstick/bare_app.py under uvicorn with ``processes`` workers; yields its base URL."""
+    from harness import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "yardstick" / "bare_app.py"), "--port", str(port), "--workers", str(processes)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/status")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def measure_throughput(row: dict[str, str], database_url: str | None, config: Path, data: Path, seconds: float, api_processes: int, clients: int) -> None:
+    """Submits and status polls against a server without workers (the queue alone), and polls of
+    the bare app with as many processes, in the same run."""
+    env = {"IMAGEGATE_RATE_LIMIT_PER_SECOND": "0", "IMAGEGATE_API_PROCESSES": str(api_processes)}
+    idle = start_server(data / "idle", config=config, database_url=database_url, workers=0, extra_env=env)
     try:
         key = idle.create_key("1000000")
         headers = {"X-Secret-Key": key, "Content-Type": "application/json"}
@@ -89,45 +123,131 @@ def measure(label: str, database_url: str | None, latency_database_url: str | No
         conn.request("POST", SUBMIT_PATH, body=SUBMIT_BODY, headers=headers)
         request_id = json.loads(conn.getresponse().read())["requestId"]
         conn.close()
-        rate, errors = throughput(idle.base_url, "GET", f"/v2/requests/status/{request_id}", None, {"Ocp-Apim-Subscription-Key": key}, seconds, clients)
-        row["status polls/s"] = f"{rate:,.0f}" + (f" ({errors} err)" if errors else "")
+        polls, errors = throughput(idle.base_url, "GET", f"/v2/requests/status/{request_id}", None, {"Ocp-Apim-Subscription-Key": key}, seconds, clients)
     finally:
         idle.stop()
-    # 2. Latency with one worker and tiny weights on an empty queue (a database of its own: the
-    # throughput run above left thousands of queued jobs): jobs submitted one at a time.
-    busy = start_server(data / "busy", config=config, database_url=latency_database_url, workers=1, extra_env=env)
+    with bare_server(api_processes) as base:
+        bare, _ = throughput(base, "GET", "/status", None, {}, seconds, clients)
+    row["status polls/s"] = f"{polls:,.0f}" + (f" ({errors} err)" if errors else "")
+    row["bare polls/s"] = f"{bare:,.0f}"
+    row["polls vs bare"] = f"{polls / bare:.2f}x"
+
+
+def measure_latency(row: dict[str, str], database_url: str | None, config: Path, data: Path, jobs: int) -> None:
+    """Concurrency 1: a sync request (getData, tiny FLUX.1 [schnell], 64x64, 1 step) one at a
+    time against one worker, split by the job's own timestamps; then the bare app sleeping the
+    median engine time, in the same run. Overhead = the request's time minus the engine's."""
+    from imagegate.jobs.store import JobStore
+
+    server = start_server(data / "busy", config=config, database_url=database_url, workers=1, extra_env={"IMAGEGATE_RATE_LIMIT_PER_SECOND": "0"})
+    samples: list[tuple[float, float, str]] = []
     try:
-        key = busy.create_key("1000000")
-        host, port = busy.base_url.removeprefix("http://").split(":")
+        key = server.create_key("1000000")
+        host, port = server.base_url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port))
-        body = json.dumps({"prompt": "a lighthouse at dawn", "num_inference_steps": 1, "image_size": {"width": 64, "height": 64}, "output_format": "png", "enable_safety_checker": False})
+        body = json.dumps({"prompt": "a lighthouse at dawn", "num_steps": 1, "width": 64, "height": 64})
         hdr = {"Ocp-Apim-Subscription-Key": key, "Content-Type": "application/json"}
-        end_to_end: list[float] = []
-        ids: list[str] = []
-        for i in range(60):
-            t0 = time.perf_counter()
-            conn.request("POST", "/flux-dev/v1/dev/textToImage", body=body, headers=hdr)
-            request_id = json.loads(conn.getresponse().read())["request_id"]
-            while True:
-                conn.request("GET", f"/v2/requests/status/{request_id}", headers=hdr)
-                status = json.loads(conn.getresponse().read())["status"]
-                if status in ("COMPLETED", "FAILED", "ERROR"):
-                    break
-                time.sleep(0.002)
-            assert status == "COMPLETED", status
+        for i in range(jobs + 5):
+            sent = time.time()
+            conn.request("POST", "/flux-1-schnell/v1/getData", body=body, headers=hdr)
+            answer = json.loads(conn.getresponse().read())
+            answered = time.time()
             if i >= 5:  # the first jobs load the model
-                end_to_end.append(time.perf_counter() - t0)
-                ids.append(request_id)
+                name = answer["output"].rsplit("/", 1)[1]
+                samples.append((sent, answered, name.rsplit("-", 1)[0]))
             time.sleep(0.05)  # let the worker go idle, as a fresh submit would find it
         conn.close()
-        store = JobStore(latency_database_url or f"sqlite:///{data / 'busy' / 'imagegate.db'}")
-        starts = [(j.started_at - j.created_at) * 1000 for j in (store.jobs.get(i) for i in ids)]
-        store.dispose()
-        row["enqueue→start p50 ms"] = f"{statistics.median(starts):.1f}"
-        row["enqueue→start p99 ms"] = f"{percentile(starts, 99):.1f}"
-        row["tiny job end-to-end p50 ms"] = f"{statistics.median(end_to_end) * 1000:.0f}"
     finally:
-        busy.stop()
+        server.stop()
+    store = JobStore(database_url or f"sqlite:///{data / 'busy' / 'imagegate.db'}")
+    split: dict[str, list[float]] = {k: [] for k in ("submit", "start", "notice", "engine", "overhead", "total")}
+    for sent, answered, job_id in samples:
+        job = store.jobs.get(job_id)
+        engine = job.output["timings"]["engine_ms"]  # type: ignore[index]
+        split["submit"].append((job.created_at - sent) * 1000)
+        split["start"].append((job.started_at - job.created_at) * 1000)  # type: ignore[operator]
+        split["notice"].append((answered - job.completed_at) * 1000)  # type: ignore[operator]
+        split["engine"].append(engine)
+        split["total"].append((answered - sent) * 1000)
+        split["overhead"].append((answered - sent) * 1000 - engine)
+    store.dispose()
+    engine_s = statistics.median(split["engine"]) / 1000
+    bare: list[float] = []
+    with bare_server(1) as base:
+        conn = http.client.HTTPConnection(*base.removeprefix("http://").split(":"))
+        for _ in range(jobs):
+            started = time.perf_counter()
+            conn.request("POST", f"/run?seconds={engine_s:.6f}", body=b"{}", headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            bare.append((time.perf_counter() - started - engine_s) * 1000)
+            time.sleep(0.05)
+        conn.close()
+    row["submit ms p50/p99"] = p50_p99(split["submit"])
+    row["enqueue→start ms p50/p99"] = p50_p99(split["start"])
+    row["completion notice ms p50/p99"] = p50_p99(split["notice"])
+    row["engine ms p50"] = f"{statistics.median(split['engine']):.0f}"
+    row["per-job overhead ms p50/p99"] = p50_p99(split["overhead"])
+    row["bare endpoint overhead ms p50"] = f"{statistics.median(bare):.2f}"
+
+
+def measure_idle_fleet(row: dict[str, str], database_url: str | None, config: Path, data: Path, workers: int, seconds: float) -> None:
+    """``workers`` idle `imagegate worker` processes on an empty queue: the statements they send
+    per second, from each worker's own counter (imagegate_db_statements_total, on its health port)."""
+    from harness import free_port
+
+    server = start_server(data / "fleet", config=config, database_url=database_url, workers=0)
+    ports = [free_port() for _ in range(workers)]
+    env = dict(server.env)
+    env.pop("IMAGEGATE_SHUTDOWN_GRACE_SECONDS", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "imagegate.cli", "worker", "--config", str(config), "--health-port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        def statements() -> float:
+            total = 0.0
+            for port in ports:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/metrics")
+                for line in conn.getresponse().read().decode().splitlines():
+                    if line.startswith("imagegate_db_statements_total"):
+                        total += float(line.rsplit(" ", 1)[1])
+                conn.close()
+            return total
+
+        deadline = time.monotonic() + 180
+        while True:  # every worker up (its health port answers) and settled
+            try:
+                statements()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        time.sleep(10)
+        before, started = statements(), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = statements(), time.monotonic() - started
+        row[f"idle fleet of {workers}: statements/s"] = f"{(after - before) / elapsed:.1f}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+        server.stop()
+
+
+def measure(label: str, database_urls: list[str | None], config: Path, args: argparse.Namespace) -> dict[str, str]:
+    row: dict[str, str] = {"database": label}
+    data = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    # Each part gets a database of its own: the throughput run leaves thousands of queued jobs.
+    measure_throughput(row, database_urls[0], config, data, args.seconds, args.api_processes, args.clients)
+    measure_latency(row, database_urls[1], config, data, args.jobs)
+    if args.fleet:
+        measure_idle_fleet(row, database_urls[2], config, data, args.fleet, args.fleet_seconds)
     return row
 
 
@@ -137,34 +257,38 @@ def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--api-processes", type=int, default=2, help="api_processes of the throughput server")
     parser.add_argument("--clients", type=int, default=8, help="load-generator processes (one keep-alive connection each)")
+    parser.add_argument("--jobs", type=int, default=40, help="sync jobs, one at a time, for the latency split")
+    parser.add_argument("--fleet", type=int, default=16, help="idle workers whose statements are counted (0: skip)")
+    parser.add_argument("--fleet-seconds", type=float, default=30.0)
     args = parser.parse_args()
     fixtures = Path(tempfile.mkdtemp(prefix="bench-fixtures-"))
     subprocess.run([sys.executable, "-m", "imagegate.cli", "fixtures", "build", str(fixtures)], check=True, capture_output=True)
     config = fixtures / "imagegate.toml"
-    rows = [measure("SQLite", None, None, config, args.seconds, args.api_processes, args.clients)]
+    rows = [measure("SQLite", [None, None, None], config, args)]
     if not args.skip_postgres and _postgres_available():
         import psycopg
 
-        names = [f"imagegate_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        names = [f"imagegate_bench_{uuid.uuid4().hex[:8]}" for _ in range(3)]
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             for name in names:
                 conn.execute(f'CREATE DATABASE "{name}"')
         try:
             base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            rows.append(measure("PostgreSQL", f"{base}/{names[0]}", f"{base}/{names[1]}", config, args.seconds, args.api_processes, args.clients))
+            rows.append(measure("PostgreSQL", [f"{base}/{name}" for name in names], config, args))
         finally:
             with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
                 for name in names:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    columns = list(rows[0])
     print(
         f"\nqueue benchmark ({os.cpu_count()} cores; throughput: api_processes={args.api_processes}, {args.clients} client "
-        f"processes, {args.seconds:g} s per run; latency: 1 worker, tiny FLUX.1 64x64 1 step)\n"
+        f"processes, {args.seconds:g} s per run; latency: 1 worker, sync getData of tiny FLUX.1 [schnell] 64x64 1 step, "
+        f"{args.jobs} jobs one at a time; idle fleet: {args.fleet} workers, {args.fleet_seconds:g} s)\n"
     )
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "|".join("---" for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(row.get(c, "") for c in columns) + " |")
+    # One row per measure, one column per database: the table stays narrow.
+    print("| | " + " | ".join(row["database"] for row in rows) + " |")
+    print("|---|" + "|".join("---" for _ in rows) + "|")
+    for name in [c for c in rows[0] if c != "database"]:
+        print(f"| {name} | " + " | ".join(row.get(name, "") for row in rows) + " |")
 
 
 if __name__ == "__main__":

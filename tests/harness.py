@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def _postgres_available() -> bool:
 def png_bytes(image: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of ``files`` (name -> bytes), as a client would upload a dataset."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
     return buf.getvalue()
 
 
@@ -110,6 +120,22 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def worker_pids(self) -> list[int]:
+        """The embedded worker processes: the serve process's children that run a worker (not
+        multiprocessing's resource tracker)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -118,6 +144,14 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def peak_rss(pid: int) -> int:
+    """The most resident memory process ``pid`` has had (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def start_server(

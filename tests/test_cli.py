@@ -135,3 +135,28 @@ def test_config_file_and_environment_precedence(tmp_path: Path) -> None:
 def test_worker_rejects_unknown_models(tmp_path: Path, argv: list[str]) -> None:
     result = cli(tmp_path, *argv, check=False)
     assert result.returncode == 2 and "unknown model id(s): nope" in result.stderr
+
+
+FINITE_DECIMAL = "must be a finite amount of US dollars as a decimal string"
+WALLET_AMOUNTS_REFUSED = [
+    (["create", "--balance", "-5"], "--balance must not be negative"),
+    (["create", "--balance", "nan"], f"--balance {FINITE_DECIMAL}"),
+    (["create", "--balance", "Infinity"], f"--balance {FINITE_DECIMAL}"),
+    (["create", "--balance", "1e999999999"], f"--balance {FINITE_DECIMAL}"),
+    (["create", "--balance", "2000000000"], "--balance must be at most 1000000000 US dollars"),
+    (["topup", "KEY", "-0.01"], "USD must not be negative"),
+    (["topup", "KEY", "0"], "USD must be greater than 0"),
+    (["topup", "KEY", "--", "-inf"], f"USD {FINITE_DECIMAL}"),
+    (["topup", "KEY", "0.0000001"], "USD must have at most 6 decimal places"),
+]
+
+
+def test_wallet_amounts_must_be_finite_and_not_negative(tmp_path: Path) -> None:
+    key = cli(tmp_path, "keys", "create", "--balance", "1").stdout.strip().splitlines()[-1]
+    for argv, words in WALLET_AMOUNTS_REFUSED:
+        refused = cli(tmp_path, "keys", *[key if a == "KEY" else a for a in argv], check=False)
+        assert refused.returncode == 2, (argv, refused.stderr)
+        assert refused.stderr.startswith("invalid amount: ") and words in refused.stderr, (argv, refused.stderr)
+    # Nothing moved: the one wallet there is still holds its dollar.
+    listed = cli(tmp_path, "keys", "list").stdout.strip().splitlines()
+    assert len(listed) == 1 and "1.000000 USD" in listed[0], listed

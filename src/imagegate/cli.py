@@ -54,6 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_format)
     store = _store(settings)
+    if settings.metrics_enabled:
+        from imagegate.telemetry.metrics import count_statements
+
+        count_statements(store, "api")
     slots = worker_slots(settings)
     supervisor = WorkerSupervisor(settings, slots, store=store) if slots else None
     if supervisor:
@@ -153,7 +157,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:
-        print(f"invalid amount: {exc}", file=sys.stderr)
+        field = "--balance" if args.keys_cmd == "create" else "USD"
+        print(f"invalid amount: {field} {exc}", file=sys.stderr)
         return 2
     finally:
         store.dispose()
@@ -162,7 +167,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from imagegate.billing.money import format_usd, parse_amount
-    from imagegate.billing.pricing import base_price
+    from imagegate.billing.pricing import price_of_defaults
     from imagegate.catalog import MODELS
     from imagegate.jobs.audit import Actor
 
@@ -176,7 +181,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 enabled = settings.model(spec.id).enabled and (switch is None or switch.enabled)
                 weights = settings.model(spec.id).weights or spec.default_weights
                 routes = ", ".join(r.path for r in spec.routes)
-                price = base_price(spec, settings, switch.price_micros if switch else None)
+                price = price_of_defaults(spec, settings, runtime_micros=switch.price_micros if switch else None)
                 shown = "?" if price is None else format_usd(price, trim=True)
                 print(f"{spec.id}\t{'enabled' if enabled else 'disabled'}\t${shown}\t{spec.engine_key}\t{weights}\t{routes}")
             return 0

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     max_input_bytes: int = 25 * 1024 * 1024
     max_input_pixels: int = 40_000_000
     fetch_timeout_seconds: float = 20.0
+    # A training dataset's images together, counted from their headers before any is decoded.
+    max_dataset_pixels: int = Field(default=500_000_000, gt=0)
+    # Downloaded LoRAs kept under data_dir/loras; past it the least recently used go.
+    lora_cache_gb: float = Field(default=2.0, gt=0)
 
     # Webhooks.
     allow_http_webhooks: bool = False  # http:// to loopback, for development
@@ -120,6 +124,15 @@ class Settings(BaseSettings):
     # Output media of completed jobs are deleted this long after completion (their URLs then answer
     # 404); 0 keeps them until the operator deletes them.
     media_retention_days: float = Field(default=0.0, ge=0)
+
+    # Uploaded inputs (POST /v2/files) are usable, and kept, this long.
+    upload_ttl_hours: float = Field(default=24.0, gt=0)
+    # Event streams (GET /v2/requests/{id}/events) send a keep-alive comment after this much
+    # silence, so proxies do not close them.
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # The catalog model of an OpenAI-compatible request that names none.
+    openai_default_model: str = "flux-dev"
+    openai_default_edit_model: str = "flux-dev-i2i"
 
     default_price_usd: str = "0.01"
     models: dict[str, ModelSettings] = Field(default_factory=dict)

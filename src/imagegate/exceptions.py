@@ -5,7 +5,8 @@ Hierarchy::
     ImagegateError
     ├── RequestError                 the client's request cannot be served (4xx at the edge)
     │   ├── ValidationError          a field breaks a rule (400)
-    │   │   └── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
+    │   │   ├── UnsupportedMediaTypeError  the body's declared type is not the route's (415)
+    │   │   └── PayloadTooLargeError       the body, or a file in it, is over its limit (413)
     │   ├── AuthenticationError      missing or unknown key (401)
     │   ├── KeyDisabledError         the key exists but is disabled (403)
     │   ├── ModelNotFoundError       unknown or disabled model (400, dojo 404)
@@ -24,6 +25,10 @@ Hierarchy::
             ├── WeightsNotFoundError model weights are missing
             ├── EngineError          the model raised (OOM included)
             └── StorageError         an output could not be stored
+    └── OutboundRefusedError         an outbound connection (input URL, webhook) was not made;
+        │                            the caller says what that means for its request
+        ├── AddressRefusedError      the address policy refuses the target
+        └── UnresolvableHostError    the name did not resolve (in time)
 
 HTTP mapping happens once, in ``imagegate.api.errors``; job statuses are chosen once, in
 ``imagegate.runtime.worker``.
@@ -56,6 +61,11 @@ class ValidationError(RequestError):
 
 class UnsupportedMediaTypeError(ValidationError):
     """The body is declared as something other than what the route reads."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """The body, or a file in it, is larger than the route accepts (a body is refused while it
+    streams in)."""
 
 
 class AuthenticationError(RequestError):
@@ -123,6 +133,7 @@ class InputError(JobError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 
@@ -148,3 +159,20 @@ class EngineError(SystemJobError):
 
 class StorageError(SystemJobError):
     """An output could not be stored."""
+
+
+class OutboundRefusedError(ImagegateError):
+    """An outbound connection to a client-chosen URL was not made. The fetcher turns it into an
+    InputError for the field; the webhook deliverer into the attempt's error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class AddressRefusedError(OutboundRefusedError):
+    """The address policy refuses where the URL points (loopback, private, metadata, ...)."""
+
+
+class UnresolvableHostError(OutboundRefusedError):
+    """The host name did not resolve, or not in time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from PIL import Image
 
 SUB = "Ocp-Apim-Subscription-Key"
@@ -110,6 +112,40 @@ def jpeg_huge_header() -> bytes:
 def truncated_png() -> bytes:
     data = encode(Image.effect_noise((64, 64), 60).convert("RGB"), "PNG")
     return data[: len(data) // 2]
+
+
+# -- zips and LoRA files -----------------------------------------------------------------------------
+
+
+def patch_member(archive: bytes, name: str, **fields: int) -> bytes:
+    """Rewrite header fields of member ``name`` in both its local header and its central
+    directory entry: ``flags``, ``method``, ``crc``, ``compressed`` or ``size`` (what a hostile
+    zip lies about)."""
+    layout = {"flags": (6, 8, "<H"), "method": (8, 10, "<H"), "crc": (14, 16, "<I"), "compressed": (18, 20, "<I"), "size": (22, 24, "<I")}
+    data = bytearray(archive)
+    encoded = name.encode()
+    for signature, name_at, which in ((b"PK\x03\x04", 30, 0), (b"PK\x01\x02", 46, 1)):
+        at = data.find(signature)
+        while at >= 0 and data[at + name_at : at + name_at + len(encoded)] != encoded:
+            at = data.find(signature, at + 1)
+        assert at >= 0, (signature, name)
+        for field_name, value in fields.items():
+            offset = layout[field_name][which]
+            struct.pack_into(layout[field_name][2], data, at + offset, value)
+    return bytes(data)
+
+
+def safetensors_of(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
+    """A well-formed safetensors file of zero-filled tensors: name -> (dtype, shape)."""
+    sizes = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
+    header: dict[str, Any] = {}
+    offset = 0
+    for tensor, (dtype, shape) in tensors.items():
+        length = sizes[dtype] * max(1, int(np.prod(shape)))
+        header[tensor] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + length]}
+        offset += length
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
 
 
 # -- a misbehaving HTTP host -----------------------------------------------------------------------

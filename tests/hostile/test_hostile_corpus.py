@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import RunningServer
+from harness import RunningServer, zip_of
 from PIL import Image, ImageStat
 
 from imagegate.catalog import MODELS, Auth
@@ -41,9 +41,12 @@ from .support import (
     bilevel_png,
     cmyk_jpeg,
     data_uri,
+    encode,
     gif_huge_screen,
     jpeg_huge_header,
+    patch_member,
     png16,
+    safetensors_of,
     server_db,
     small_png,
     truncated_png,
@@ -97,14 +100,6 @@ def nested(depth: int, leaf: Any = 1) -> Any:
     for _ in range(depth):
         value = {"a": value}
     return value
-
-
-def zip_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
 
 
 def closed_port() -> int:
@@ -169,6 +164,16 @@ def accepted(id: str, body: Body, *, path: str = UPSCALE, charge: str = UPSCALE_
 
 MB_TEXT = "x" * (1024 * 1024)
 PNG = small_png()
+TRAINER_831 = "/flux-2-pro-image-to-image-trainer-831/v1/flux-2-pro-image-to-image-trainer-request"
+TRAIN_PNG = encode(Image.new("RGB", (80, 80), (10, 200, 30)), "PNG")
+STORED_ZIP = zip_of({"a.png": TRAIN_PNG}, zipfile.ZIP_STORED)
+DEFLATED_ZIP = zip_of({"a.png": TRAIN_PNG})
+LORA = safetensors_of({"transformer.x.lora_A.weight": ("F16", [4, 8]), "transformer.x.lora_B.weight": ("F16", [8, 4])})
+
+
+def dataset(archive: bytes) -> dict[str, str]:
+    return {"image_data_url": uri(archive, "application/zip")}
+
 
 ROWS: list[Row] = [
     # -- bytes that are not a JSON object --------------------------------------------------------
@@ -302,6 +307,21 @@ ROWS: list[Row] = [
     failed("lora-path-404", RELIGHT, "loras[0].path", "HTTP 404", lambda h: {"prompt": "x", "image_urls": [uri(PNG)], "loras": [{"path": h.url("/status/404")}]}),
     failed("dataset-zip-too-few-images", TRAINER_712, "image_data_url", "needs at least 10", {"image_data_url": uri(zip_of({"a.png": PNG, "b.png": PNG}), "application/zip")}, charge="8"),
     failed("dataset-zip-entry-over-limit", TRAINER_712, "image_data_url", "larger than the input size limit", {"image_data_url": uri(zip_of({"big.png": b"\0" * 400_000}), "application/zip")}, charge="8"),
+    # -- a dataset zip's faults are the request's, never the server's ------------------------------------
+    failed("dataset-zip-bad-crc", TRAINER_831, "image_data_url", "a.png cannot be read from the zip (Bad CRC-32", dataset(patch_member(STORED_ZIP, "a.png", crc=0))),
+    failed("dataset-zip-encrypted", TRAINER_831, "image_data_url", "a.png is encrypted", dataset(patch_member(STORED_ZIP, "a.png", flags=0x1))),
+    failed("dataset-zip-unknown-compression", TRAINER_831, "image_data_url", "a.png uses compression method 99", dataset(patch_member(STORED_ZIP, "a.png", method=99))),
+    failed("dataset-zip-size-understated", TRAINER_831, "image_data_url", "a.png cannot be read from the zip", dataset(patch_member(DEFLATED_ZIP, "a.png", size=50))),
+    failed("dataset-zip-compressed-size-lies", TRAINER_831, "image_data_url", "a.png cannot be read from the zip", dataset(patch_member(DEFLATED_ZIP, "a.png", compressed=20))),
+    failed("dataset-zip-bomb", TRAINER_831, "image_data_url", "bomb.png is larger than the input size limit", dataset(zip_of({"bomb.png": TRAIN_PNG[:33] + b"\0" * 50_000_000}))),
+    failed("dataset-zip-bomb-understated", TRAINER_831, "image_data_url", "bomb.png cannot be read from the zip", dataset(patch_member(zip_of({"bomb.png": TRAIN_PNG[:33] + b"\0" * 50_000_000}), "bomb.png", size=1000))),
+    failed("dataset-pk-but-not-a-zip", TRAINER_831, "image_data_url", "is not a readable zip archive", dataset(b"PK\x03\x04" + b"garbage" * 10)),
+    failed("dataset-over-the-pixel-budget", TRAINER_831, "image_data_url", "pixel limit for a dataset", lambda h: dataset(zip_of({f"{i}.png": bilevel_png(6324, 6324) for i in range(16)}))),
+    failed("dataset-image-too-narrow-to-train-on", TRAINER_831, "image_data_url", "s.png: is 5473x47 at the training size", dataset(zip_of({"s.png": encode(Image.new("RGB", (8000, 70)), "PNG")}))),
+    # -- LoRA files are validated before they are kept ----------------------------------------------------
+    failed("lora-with-a-json-brace-but-not-safetensors", RELIGHT, "loras[0].path", "is not a valid safetensors file", {"prompt": "x", "image_urls": [uri(PNG)], "loras": [{"path": uri(b"\x10\0\0\0\0\0\0\0{not json really}", "application/octet-stream")}]}),
+    failed("lora-truncated", RELIGHT, "loras[0].path", "file not fully covered", {"prompt": "x", "image_urls": [uri(PNG)], "loras": [{"path": uri(LORA[:-9], "application/octet-stream")}]}),
+    failed("lora-without-lora-weights", RELIGHT, "loras[1].path", "holds no LoRA weights", {"prompt": "x", "image_urls": [uri(PNG)], "loras": [{"path": uri(LORA, "application/octet-stream")}, {"path": uri(safetensors_of({"model.weight": ("F32", [4])}), "application/octet-stream")}]}),
 ]
 
 

@@ -4,8 +4,8 @@ Runs the `schemathesis` CLI from the venv (coverage, fuzzing and stateful phases
 server without workers, with one key sent in all three auth headers so requests get past
 authentication to validation. The key holds $1, so generated jobs queue until it runs out and
 402s follow. The one 5xx the server gives by design is allowed, precisely: a synchronous request
-(sync-output/sync-url routes, or `sync_mode: true`) that no worker can finish answers 504 "did
-not finish within" (canceled, not charged).
+(sync-output/sync-url routes, the OpenAI-compatible ones, or `sync_mode: true`) that no worker
+can finish answers 504 "did not finish within" (canceled, not charged).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ SYNC_PATHS = {
     "/flux-2-klein-4b/v1/generateImage",
     "/generateT2I",
     "/pixelforge-image/v1/qwen_image_gen/serve_image",
+    "/v1/images/generations",
+    "/v1/images/edits",
 }
 
 

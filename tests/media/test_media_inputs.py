@@ -11,8 +11,9 @@ import urllib.parse
 import pytest
 
 from imagegate.config import Settings
-from imagegate.exceptions import InputError, ValidationError
-from imagegate.media.inputs import InputFetcher, check_url, guarded_client, resolve_public_addresses
+from imagegate.exceptions import AddressRefusedError, InputError, UnresolvableHostError, ValidationError
+from imagegate.media.inputs import InputFetcher, check_url
+from imagegate.network import AddressPolicy, guarded_client
 
 from .support import BLUE, GREEN, RED, YELLOW, LoopbackServer, TlsMaterial, bilevel_png, unused_port
 
@@ -249,23 +250,22 @@ def test_metadata_address_message_names_it(strict: InputFetcher) -> None:
     ],
 )
 def test_public_literals_pass_the_guard(host: str, expected: str) -> None:
-    assert resolve_public_addresses(host, 443, allow_private=False) == [expected]
+    assert AddressPolicy().resolve(host, 443, timeout=10) == [expected]
 
 
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", "::1", "169.254.169.254", "10.1.1.1", "::ffff:10.0.0.1", "100.100.100.200"]
 )
 def test_resolve_public_addresses_refuses_internal(host: str) -> None:
-    with pytest.raises(InputError) as info:
-        resolve_public_addresses(host, 80, allow_private=False)
-    assert info.value.field == "url"
-    (address,) = resolve_public_addresses(host, 80, allow_private=True)
+    with pytest.raises(AddressRefusedError, match="such URLs are refused"):
+        AddressPolicy().resolve(host, 80, timeout=10)
+    (address,) = AddressPolicy(allow_private=True).resolve(host, 80, timeout=10)
     assert ipaddress.ip_address(address) == ipaddress.ip_address(host)
 
 
 def test_resolve_public_addresses_unresolvable_host() -> None:
-    with pytest.raises(InputError, match=r"could not resolve host no-such-host\.invalid"):
-        resolve_public_addresses("no-such-host.invalid", 80, allow_private=False)
+    with pytest.raises(UnresolvableHostError, match=r"could not resolve host no-such-host\.invalid"):
+        AddressPolicy().resolve("no-such-host.invalid", 80, timeout=10)
 
 
 class FakeDns:
@@ -523,16 +523,15 @@ def test_check_url_does_not_touch_the_network() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# guarded_client (for webhooks)
+# The shared transport (webhook deliveries go through it too)
 
 
 def test_guarded_client_applies_the_guard(http_server: LoopbackServer) -> None:
-    with guarded_client(allow_private=False, timeout=2.0) as client:
-        with pytest.raises(InputError) as info:
+    with guarded_client(AddressPolicy(), timeout=2.0) as client:
+        with pytest.raises(AddressRefusedError) as info:
             client.get(http_server.url("/echo-host"))
-        assert info.value.field == "url"
         assert "127.0.0.1 is private or loopback" in str(info.value)
-    with guarded_client(allow_private=True, timeout=2.0) as client:
+    with guarded_client(AddressPolicy(allow_private=True), timeout=2.0) as client:
         response = client.get(http_server.url("/echo-host"))
         assert response.status_code == 200
         assert response.text == f"127.0.0.1:{http_server.port}"
@@ -541,7 +540,7 @@ def test_guarded_client_applies_the_guard(http_server: LoopbackServer) -> None:
 def test_guarded_client_raises_httpx_errors(http_server: LoopbackServer) -> None:
     import httpx
 
-    with guarded_client(allow_private=True, timeout=0.5) as client:
+    with guarded_client(AddressPolicy(allow_private=True), timeout=0.5) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.get(http_server.url("/slow"))
         with pytest.raises(httpx.ConnectError):

@@ -86,3 +86,47 @@ def test_errors(sqlite_store: JobStore, kit_factory: KitFactory, client_for: Cal
     assert client.post(f"/v2/requests/{plain.id}/webhooks/redeliver", headers=other).status_code == 404
     assert client.get("/v2/requests/nope/webhooks", headers=auth).status_code == 404
     assert client.get(f"/v2/requests/{plain.id}/webhooks").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "development, headers, body, field",
+    [
+        (False, {"X-Webhook-URL": "https://10.0.0.1/hook"}, {}, "X-Webhook-URL"),
+        (False, {"X-Webhook-URL": "https://169.254.169.254/latest"}, {}, "X-Webhook-URL"),
+        (False, {"X-Webhook-URL": "https://[::ffff:127.0.0.1]:8443/hook"}, {}, "X-Webhook-URL"),
+        (False, {"X-Webhook-URL": "https://2130706433/hook"}, {}, "X-Webhook-URL"),
+        (False, {}, {"webhook": "https://192.168.1.20/hook"}, "webhook"),
+        (True, {"X-Webhook-URL": "https://100.64.0.1/hook"}, {}, "X-Webhook-URL"),
+        (True, {}, {"webhook": "https://[fd00::1]/hook"}, "webhook"),
+    ],
+)
+def test_private_ip_literal_targets_are_refused_at_submit(
+    sqlite_store: JobStore, kit_factory: KitFactory, client_for: Callable[[Kit], TestClient],
+    development: bool, headers: dict[str, str], body: dict[str, str], field: str,
+) -> None:
+    kit = kit_factory(sqlite_store, allow_http_webhooks=development)
+    client = client_for(kit)
+    r = client.post(
+        "/p-image/v1/p-image-edit/generate",
+        json={"prompt": "x", "images": ["https://images.example.test/a.png"], **body},
+        headers={"Ocp-Apim-Subscription-Key": kit.plaintext, **headers},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field
+    assert "must point to a public address" in r.json()["message"]
+    assert sqlite_store.jobs.list(key_id=kit.key.id) == []
+
+
+def test_batch_webhook_url_literal_is_checked_and_loopback_passes_in_development(
+    sqlite_store: JobStore, kit_factory: KitFactory, client_for: Callable[[Kit], TestClient]
+) -> None:
+    kit = kit_factory(sqlite_store, allow_http_webhooks=True)
+    client = client_for(kit)
+    auth = {"X-Secret-Key": kit.plaintext}
+    path = "/flux-1-schnell/v1/getDataBatch"
+    refused = client.post(path, json={"prompt": "x", "webhook_url": "https://10.1.2.3/hook"}, headers=auth)
+    assert refused.status_code == 400 and refused.json()["field"] == "webhook_url", refused.text
+    # Development mode: loopback literals pass (http and https); public ones always do.
+    for url in ("http://127.0.0.1:9/hook", "https://[::1]:9/hook", "https://93.184.215.14/hook"):
+        accepted = client.post(path, json={"prompt": "x", "webhook_url": url}, headers=auth)
+        assert accepted.status_code == 202, (url, accepted.text)

@@ -296,6 +296,12 @@ def test_private_addresses_are_refused_at_delivery_time(sqlite_store: JobStore, 
         refused = kit.outbox.attempts_for_job(by_name.id)[0]
         assert refused.status_code is None
         assert "refused" in (refused.error or "") and "loopback" in (refused.error or "")
+        # The policy answers the same every time: the event fails at once instead of being
+        # retried for the whole window.
+        event = kit.wait_state(by_name.id, "completed", FAILED)
+        assert event.attempts == 1 and event.last_error == refused.error
+        time.sleep(0.3)
+        assert len(kit.outbox.attempts_for_job(by_name.id)) == 1
         assert "https" in (kit.wait_state(plain.id, "completed", FAILED).last_error or "")
         with pytest.raises(socket.timeout):
             listener.accept()  # not one connection reached the private address
@@ -424,7 +430,7 @@ def test_finished_deliveries_are_purged_after_their_retention(store: JobStore, k
     early = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 - 60)
     assert early["webhook deliveries"] == 0
     late = sweep(store, kit.settings, storage, now=delivered.next_attempt_at + 2 * 86400 + 60)
-    assert late == {"webhook deliveries": 1, "jobs' media": 0}  # media retention is off by default
+    assert late == {"webhook deliveries": 1, "jobs' media": 0, "expired uploads": 0}  # media retention is off by default
     assert kit.outbox.events_for_job(done.id) == [] and kit.outbox.attempts_for_job(done.id) == []
     assert [e.state for e in kit.outbox.events_for_job(waiting.id)] == [PENDING]
     assert kit.outbox.pending_count() == 1

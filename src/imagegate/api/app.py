@@ -9,11 +9,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imagegate import __version__
-from imagegate.api import errors, ops_routes
-from imagegate.api.routes import add_model_routes, router
+from imagegate.api import catalog, errors, events, files, history, openai, ops_routes, webhook_routes
+from imagegate.api.body_limit import BodyLimitMiddleware
+from imagegate.api.routes import add_model_routes, register_schema, router
 from imagegate.api.services import Services
 from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
+from imagegate.protocol.models import ProgressEvent, QueueStatus
 from imagegate.telemetry.logs import configure_logging
 
 
@@ -30,6 +32,23 @@ def create_app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
+def _only_real_responses(spec: dict[str, Any]) -> None:
+    """Drop what FastAPI documents on its own but imagegate never sends: 422 (bad parameters
+    answer 400 in the protocol's error shape, documented per route) and an empty JSON body beside
+    the one content type a route really sends (media, event streams)."""
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for response in responses.values():
+                content = response.get("content", {})
+                if len(content) > 1 and content.get("application/json") == {"schema": {}}:
+                    del content["application/json"]
+    schemas = spec.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+
+
 def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     own_store = store is None
 
@@ -39,6 +58,10 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         if store is None:
             store = JobStore.from_settings(settings)
             store.migrate()
+            if settings.metrics_enabled:
+                from imagegate.telemetry.metrics import count_statements
+
+                count_statements(store, "api")
         app.state.services = services = Services.create(settings, store)
         try:
             yield
@@ -54,12 +77,15 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     schemas: dict[str, Any] = {}
     add_model_routes(app, schemas)
     app.include_router(router)
-    from imagegate.api.webhook_routes import router as webhook_router
-
-    app.include_router(webhook_router)
+    for module in (webhook_routes, catalog, history, events, files, openai):
+        app.include_router(module.router)
+    # Bodies the routes read or stream themselves, which FastAPI cannot see.
+    for model in (*openai.REQUEST_SCHEMAS, ProgressEvent, QueueStatus):
+        register_schema(schemas, model)
     app.include_router(ops_routes.router)
     if settings.metrics_enabled:
         app.include_router(ops_routes.metrics_router)
@@ -75,6 +101,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
         if app.openapi_schema:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        _only_real_responses(spec)
         spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
         # Invalid input answers 400 in each protocol's shape (api/errors.py), never FastAPI's 422.
         for operations in spec.get("paths", {}).values():

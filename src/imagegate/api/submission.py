@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.types import Message
 
-from imagegate.protocol import views
+from imagegate.api.responses import answer
 from imagegate.api.services import Services
-from imagegate.catalog import ModelSpec, Protocol, Route
-from imagegate.exceptions import SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
+from imagegate.catalog import Auth, ModelSpec, Protocol, Route
+from imagegate.exceptions import PayloadTooLargeError, SyncTimeoutError, UnsupportedMediaTypeError, ValidationError
 from imagegate.jobs.status import JobStatus
-from imagegate.jobs.store import Job, NewJob
+from imagegate.jobs.store import ApiKey, Job, NewJob
+from imagegate.protocol import views
+from imagegate.protocol.models import SyncOutput, SyncUrl
 from imagegate.telemetry.logs import bind_request
 from imagegate.webhooks.targets import check_webhook_url
 
-MAX_BODY_BYTES = 40 * 1024 * 1024
 WEBHOOK_MODES = ("terminal", "sync")
 
 
@@ -77,9 +81,8 @@ def _json_error(exc: ValueError) -> str:
 
 async def read_json(request: Request) -> Any:
     check_content_type(request)
+    # At most MAX_BODY_BYTES arrive here: BodyLimitMiddleware stops longer bodies as they stream.
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES // (1024 * 1024)} MB")
     if not body.strip():
         raise ValidationError("body", "must be a JSON object")
     try:
@@ -95,6 +98,44 @@ async def read_json(request: Request) -> Any:
     if _depth_exceeds(value, MAX_JSON_DEPTH):
         raise ValidationError("body", TOO_DEEP)
     return value
+
+
+# Room for a multipart body's boundaries, part headers and text fields beside its files.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def is_multipart(request: Request) -> bool:
+    declared = request.headers.get("content-type") or ""
+    return declared.split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
+@asynccontextmanager
+async def read_form(request: Request, *, max_file_bytes: int, max_files: int) -> AsyncIterator[FormData]:
+    """A multipart body, read through Starlette's parser with a bound on the whole body (files
+    of ``max_file_bytes`` each, plus room for the rest): past it, 413 before anything more is
+    read. The parsed files are closed when the block ends."""
+    if not is_multipart(request):
+        declared = request.headers.get("content-type")
+        raise UnsupportedMediaTypeError("Content-Type", f"must be multipart/form-data (got {(declared or 'none')[:100]!r})")
+    limit = max_files * max_file_bytes + FORM_OVERHEAD_BYTES
+    too_large = PayloadTooLargeError("body", f"must be at most {limit:,} bytes")
+    declared_length = request.headers.get("content-length", "")
+    if declared_length.isdigit() and int(declared_length) > limit:
+        raise too_large
+    received = 0
+    receive = request.receive
+
+    async def bounded() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large
+        return message
+
+    async with Request(request.scope, bounded).form(max_files=max_files, max_fields=100) as form:
+        yield form
 
 
 def _webhook(request: Request, params: dict[str, Any], route: Route, services: Services) -> tuple[str | None, str | None, list[str] | None]:
@@ -113,20 +154,32 @@ def _webhook(request: Request, params: dict[str, Any], route: Route, services: S
     return None, None, None
 
 
-def _request_hash(route: Route, body: Any) -> str:
+def _request_hash(path: str, body: Any) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     # surrogatepass: a lone surrogate (valid JSON escape, not valid UTF-8) in an ignored field
     # must not break hashing; valid text encodes exactly as before.
-    return hashlib.sha256(f"{route.path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(f"{path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
-async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:
-    services: Services = request.app.state.services
-    bind_request(model=spec.id)
-    key = await run_in_threadpool(services.auth, request, route.auth)
-    await run_in_threadpool(services.enabled_model, spec.id, spec.request_model_id)
-    body = await read_json(request)
-    params = spec.validate(body, route)
+async def admit(request: Request, services: Services, auth: Auth | None) -> ApiKey:
+    """The key of a submitting request (401/403). Its rate limit is taken with the job's hold."""
+    return await run_in_threadpool(services.auth, request, auth)
+
+
+async def enqueue(
+    request: Request,
+    services: Services,
+    key: ApiKey,
+    spec: ModelSpec,
+    route: Route,
+    params: dict[str, Any],
+    *,
+    body: Any,
+    protocol: str,
+) -> Job:
+    """Take a token of the key's rate limit (429), hold the price of validated ``params`` and
+    queue the job (402), with the request's webhook and Idempotency-Key. ``body`` is what the
+    client sent, the same one for a retried request."""
     webhook_url, webhook_mode, webhook_events = _webhook(request, params, route, services)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
@@ -134,7 +187,7 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
     new = NewJob(
         key_id=key.id,
         model_id=spec.id,
-        protocol=route.protocol.value,
+        protocol=protocol,
         params=params,
         price_micros=services.price(spec, params),
         max_attempts=services.settings.max_attempts,
@@ -142,11 +195,22 @@ async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONRespons
         webhook_mode=webhook_mode,
         webhook_events=webhook_events,
         idempotency_key=idempotency_key,
-        request_hash=_request_hash(route, body) if idempotency_key else None,
+        request_hash=_request_hash(request.url.path, body) if idempotency_key else None,
         public_model_id=spec.request_model_id,
     )
     job, _created = await run_in_threadpool(partial(services.store.jobs.submit, new, rate_limit=services.rate_limit))
     bind_request(request_id=job.id)
+    return job
+
+
+async def submit(request: Request, spec: ModelSpec, route: Route) -> JSONResponse:
+    services: Services = request.app.state.services
+    bind_request(model=spec.id)
+    key = await admit(request, services, route.auth)
+    await run_in_threadpool(services.enabled_model, spec.id, spec.request_model_id)
+    body = await read_json(request)
+    params = spec.validate(body, route)
+    job = await enqueue(request, services, key, spec, route, params, body=body, protocol=route.protocol.value)
     return await respond(request, services, route, job, params)
 
 
@@ -162,14 +226,6 @@ async def wait_or_timeout(services: Services, job: Job) -> Job:
     )
 
 
-def job_failure(job: Job) -> JSONResponse:
-    if job.status is JobStatus.FAILED:
-        return JSONResponse({"error": job.error, "message": job.error, "request_id": job.id}, status_code=400)
-    if job.status is JobStatus.CANCELED:
-        return JSONResponse({"error": "Canceled", "message": job.error, "request_id": job.id}, status_code=409)
-    return JSONResponse({"error": "Internal Server Error", "message": job.error, "request_id": job.id}, status_code=500)
-
-
 async def respond(request: Request, services: Services, route: Route, job: Job, params: dict[str, Any]) -> JSONResponse:
     base = services.base_url
     protocol = route.protocol
@@ -177,25 +233,23 @@ async def respond(request: Request, services: Services, route: Route, job: Job, 
         if params.get("sync_mode"):
             done = await wait_or_timeout(services, job)
             inline = await run_in_threadpool(views.data_uris, done, services.storage) if done.status is JobStatus.COMPLETED else None
-            return JSONResponse(views.status_view(done, base, services.storage, inline=inline), status_code=200)
-        return JSONResponse(
-            {"request_id": job.id, "status": job.status.value, "polling_url": views.polling_url(base, job.id)},
-            status_code=202,
-        )
+            return answer(views.status_view(done, base, services.storage, inline=inline))
+        return answer(views.queued_view(job, base), 202)
     if protocol in (Protocol.SYNC_OUTPUT, Protocol.SYNC_URL):
         done = await wait_or_timeout(services, job)
         if done.status is not JobStatus.COMPLETED:
-            return job_failure(done)
+            status_code, failure = views.failure_view(done)
+            return answer(failure, status_code)
         url = views.media_urls(done, base, services.storage)[0]
-        return JSONResponse({"output": url} if protocol is Protocol.SYNC_OUTPUT else {"url": url}, status_code=200)
+        return answer(SyncOutput(output=url) if protocol is Protocol.SYNC_OUTPUT else SyncUrl(url=url))
     if protocol is Protocol.BATCH:
         if job.webhook_url:
-            return JSONResponse(views.batch_queued_view(job, webhook=True), status_code=202)
+            return answer(views.batch_queued_view(job, webhook=True), 202)
         done = await services.waiter.until_end(job.id, services.settings.batch_wait_seconds)
         if done is not None:
-            return JSONResponse(views.batch_status_view(done, base, services.storage), status_code=200)
-        return JSONResponse(views.batch_queued_view(job, webhook=False), status_code=202)
+            return answer(views.batch_status_view(done, base, services.storage))
+        return answer(views.batch_queued_view(job, webhook=False), 202)
     if protocol is Protocol.DOJO:
         key = await run_in_threadpool(services.store.keys.get, job.key_id)
-        return JSONResponse(views.dojo_submit_view(job, base, key.balance_micros), status_code=200)
+        return answer(views.dojo_submit_view(job, base, key.balance_micros))
     raise AssertionError(f"unknown protocol {protocol}")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from imagegate.api.responses import answer, error_responses
 from imagegate.api.services import Services
-from imagegate.protocol.views import iso
 from imagegate.exceptions import ConflictError, ValidationError
-from imagegate.jobs.store import Job
 from imagegate.jobs.outbox import OutboxRepository, WebhookEvent
+from imagegate.jobs.store import Job
+from imagegate.protocol import views
+from imagegate.protocol.models import QueueError, WebhookLog, WebhookRedelivery
 
 TAG = "webhooks"
 
@@ -29,50 +31,23 @@ def _owned_job(request: Request, request_id: str) -> tuple[Services, Job]:
     return services, services.store.jobs.get(request_id, key.id)
 
 
-def event_view(event: WebhookEvent) -> dict[str, Any]:
-    return {
-        "event_id": event.id,
-        "event_type": event.event_type,
-        "state": event.state,
-        "attempts": event.attempts,
-        "created_at": iso(event.created_at),
-        "next_attempt_at": iso(event.next_attempt_at) if event.state == "pending" else None,
-        "deliver_until": iso(event.deliver_until),
-        "delivered_at": iso(event.delivered_at),
-        "last_status_code": event.last_status_code,
-        "last_error": event.last_error,
-    }
-
-
 @router.get(
     "/v2/requests/{request_id}/webhooks",
     tags=[TAG],
     summary="Webhook events and delivery attempts of a request",
-    responses={404: {"description": "No such request for this key"}},
+    responses={200: {"model": WebhookLog}, **error_responses(QueueError, {404: "No such request for this key"})},
 )
 def list_webhooks(request: Request, request_id: str) -> JSONResponse:
     services, job = _owned_job(request, request_id)
     outbox = _outbox(services)
-    events = outbox.events_for_job(job.id)
-    attempts = outbox.attempts_for_job(job.id)
-    return JSONResponse(
-        {
-            "request_id": job.id,
-            "webhook_url": job.webhook_url,
-            "webhook_mode": job.webhook_mode,
-            "events": [event_view(e) for e in events],
-            "attempts": [
-                {
-                    "time": iso(a.attempted_at),
-                    "event_id": a.event_id,
-                    "event_type": a.event_type,
-                    "status_code": a.status_code,
-                    "error": a.error,
-                    "duration_ms": round(a.duration_ms, 1),
-                }
-                for a in attempts
-            ],
-        }
+    return answer(
+        WebhookLog(
+            request_id=job.id,
+            webhook_url=job.webhook_url,
+            webhook_mode=job.webhook_mode,
+            events=[views.webhook_event_view(e) for e in outbox.events_for_job(job.id)],
+            attempts=[views.webhook_attempt_view(a) for a in outbox.attempts_for_job(job.id)],
+        )
     )
 
 
@@ -82,15 +57,21 @@ def list_webhooks(request: Request, request_id: str) -> JSONResponse:
     summary="Send the request's final-status webhook again (same webhook-id)",
     status_code=202,
     responses={
-        400: {"description": "The request was submitted without a webhook"},
-        404: {"description": "No such request for this key"},
-        409: {"description": "The request has no final-status event yet"},
+        202: {"model": WebhookRedelivery},
+        **error_responses(
+            QueueError,
+            {
+                400: "The request was submitted without a webhook",
+                404: "No such request for this key",
+                409: "The request has no final-status event yet",
+            },
+        ),
     },
 )
 def redeliver_webhook(request: Request, request_id: str) -> JSONResponse:
     services, job = _owned_job(request, request_id)
     event = redeliver_final_event(job, _outbox(services).redeliver)
-    return JSONResponse({"request_id": job.id, "event": event_view(event)}, status_code=202)
+    return answer(WebhookRedelivery(request_id=job.id, event=views.webhook_event_view(event)), 202)
 
 
 def redeliver_final_event(job: Job, redeliver: Callable[[str], WebhookEvent | None]) -> WebhookEvent:

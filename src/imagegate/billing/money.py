@@ -14,14 +14,18 @@ _DECIMAL = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
 
 
 def parse_usd(value: str | int | float | Decimal) -> int:
-    """'0.025' -> 25000. Raises ValueError for anything that is not a finite amount."""
+    """'0.025' -> 25000. Raises ValueError for anything that is not a finite amount (NaN,
+    Infinity, or a number too large to count in micro-dollars)."""
     try:
         amount = Decimal(str(value))
     except InvalidOperation as exc:
         raise ValueError(f"not an amount in USD: {value!r}") from exc
     if not amount.is_finite():
         raise ValueError(f"not a finite amount in USD: {value!r}")
-    return int((amount * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    try:
+        return int((amount * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    except ArithmeticError as exc:  # decimal's Overflow, or more digits than its precision
+        raise ValueError(f"not an amount in USD (too large): {value!r}") from exc
 
 
 def format_usd(micros: int, *, trim: bool = False) -> str:

@@ -6,7 +6,7 @@ import enum
 from typing import Any
 
 from imagegate.billing.money import parse_usd
-from imagegate.catalog.base import ModelSpec
+from imagegate.catalog.base import IMAGE_COUNT_FIELDS, ModelSpec
 from imagegate.config import Settings
 
 # One credit of the dojo protocol (row 3) in USD.
@@ -56,12 +56,17 @@ def price_for(spec: ModelSpec, params: dict[str, Any], settings: Settings, runti
     return spec.price(params)
 
 
-def base_price(spec: ModelSpec, settings: Settings, runtime_micros: int | None = None) -> int | None:
-    """The price of a request with the schema's defaults (what listings show), or None when the
-    price needs an input the defaults lack."""
+def price_of_defaults(spec: ModelSpec, settings: Settings, images: int = 1, runtime_micros: int | None = None) -> int | None:
+    """What a request that leaves every priced parameter at its default costs (what listings
+    show), asking for ``images`` images where the model makes several; None when the price needs
+    an input the defaults lack."""
+    params = spec.defaults()
+    for name in IMAGE_COUNT_FIELDS:
+        if name in params:
+            params[name] = images
     try:
-        return price_for(spec, spec.schema.model_construct().model_dump(mode="json"), settings, runtime_micros)
-    except Exception:
+        return price_for(spec, params, settings, runtime_micros)
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
@@ -73,6 +73,9 @@ class RequestSchema(BaseModel):
 
 Inputs = dict[str, Any]
 
+# The request fields that ask for several images, in the names the seeds give them.
+IMAGE_COUNT_FIELDS = ("num_images", "num_outputs")
+
 
 @dataclass
 class ModelSpec:
@@ -95,6 +98,8 @@ class ModelSpec:
     max_price: Callable[[dict[str, Any]], int] | None = None
     # The exact price once the engine result is known (settled at completion, never above the hold).
     final_price: Callable[[dict[str, Any], Any], int] | None = None
+    # The price rule in words, where it depends on more than the number of images (sizes, modes).
+    price_note: str | None = None
 
     @property
     def request_model_id(self) -> str:
@@ -110,8 +115,12 @@ class ModelSpec:
             params.update(dict(route.fixed))
         return params
 
+    def defaults(self) -> dict[str, Any]:
+        """The parameters of a request that sets nothing (required fields are absent)."""
+        return self.schema.model_construct().model_dump(mode="json")
+
     def image_count(self, params: dict[str, Any]) -> int:
-        return int(params.get("num_images") or params.get("num_outputs") or 1)
+        return int(next((params[name] for name in IMAGE_COUNT_FIELDS if params.get(name)), 1))
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -178,11 +187,16 @@ def _rule(err: dict[str, Any]) -> str:
     return err["msg"]
 
 
-def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(schema: type[Body], body: Any) -> Body:
+    """``body`` validated by ``schema``; the first problem raises ValidationError naming the
+    field and the rule."""
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     try:
-        model = schema.model_validate(body)
+        return schema.model_validate(body)
     except PydanticValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field, rule = _loc(first["loc"]), _rule(first)
@@ -191,7 +205,10 @@ def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
         if rest and (head in schema.model_fields or head.split(".")[0] in schema.model_fields):
             field, rule = head, rest
         raise ValidationError(field or "body", rule) from exc
-    return model.model_dump(mode="json")
+
+
+def validate_body(schema: type[RequestSchema], body: Any) -> dict[str, Any]:
+    return parse_body(schema, body).model_dump(mode="json")
 
 
 # -- sizes ----------------------------------------------------------------------------------------

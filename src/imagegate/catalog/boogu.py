@@ -155,6 +155,7 @@ MODELS = [
             ),
         ],
         price=edit_price,
+        price_note="1 credit ($0.01) per image up to 1024×1024; larger sizes 1 credit per started megapixel",
         build_call=edit_call,
         output=output,
         inputs={"image_url": InputKind.IMAGE},

@@ -263,6 +263,7 @@ MODELS = [
         schema=KleinRequest,
         routes=[Route("/flux-2-klein-4b/v1/generateImage", Protocol.SYNC_OUTPUT)],
         price=klein_price,
+        price_note="$0.0003 up to 512×512, $0.0007 up to 1024×1024, $0.0014 up to 1448×1448, $0.0028 up to 2048×2048",
         build_call=klein_call,
         output=lambda p: OutputOptions(format="png"),
     ),

@@ -107,6 +107,7 @@ MODELS = [
         routes=[Route("/p-image-upscale/v1/p-image-upscale/generate", Protocol.QUEUE)],
         price=upscale_price,
         final_price=upscale_final_price,
+        price_note="$0.005 for an output up to 4 MP, $0.01 up to 8 MP (factor mode holds $0.01 and settles at completion)",
         build_call=upscale_call,
         output=lambda p: OutputOptions(
             format=p["output_format"], quality=p["output_quality"], safety_checker=not p["disable_safety_checker"]

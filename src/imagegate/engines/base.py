@@ -16,6 +16,12 @@ from PIL import Image
 # imagegate.exceptions.JobCanceledError to stop the job at that step.
 StepCallback = Callable[[int, int], None]
 
+# The area LoRA training works at: training images are scaled to at most this many pixels (512²,
+# the usual FLUX LoRA resolution), and no side may be shorter than the minimum. The worker decodes
+# dataset images straight down to that size.
+LORA_TRAINING_AREA = 512 * 512
+LORA_TRAINING_MIN_SIDE = 64
+
 
 @dataclass
 class LoraSpec:

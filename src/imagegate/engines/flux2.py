@@ -242,7 +242,20 @@ class Flux2Relight(Flux2Edit):
         # TaylorSeer's forecasting ("high") visibly shifts shading, the one thing relighting is about.
         if call.acceleration not in RELIGHT_ACCELERATION:
             raise InputError("acceleration", f"relighting supports {' or '.join(RELIGHT_ACCELERATION)}")
+        for index, lora in enumerate(call.loras):
+            self._check_adapter(f"loras[{index}].path", lora.path)
         return super().__call__(call, on_step)
+
+    def _check_adapter(self, field: str, path: str) -> None:
+        # diffusers loads a LoRA with nothing for this transformer as no adapter at all (it only
+        # warns) and fails later, activating it: the file's fault, so say so before the run.
+        try:
+            state = self.pipeline_class.lora_state_dict(path)
+        except (ValueError, KeyError, OSError) as exc:
+            raise InputError(field, f"cannot be read as a FLUX.2 LoRA: {exc}") from exc
+        prefix = f"{self.pipeline_class.transformer_name}."
+        if not any(key.startswith(prefix) for key in state):
+            raise InputError(field, "holds no adapter weights for this model's transformer (a LoRA for another model?)")
 
 
 # --------------------------------------------------------------------------- FLUX.2 [klein]

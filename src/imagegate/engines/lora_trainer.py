@@ -27,7 +27,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 from PIL import Image
 
-from imagegate.engines.base import EngineCall, EngineResult, StepCallback
+from imagegate.engines.base import LORA_TRAINING_AREA, LORA_TRAINING_MIN_SIDE, EngineCall, EngineResult, StepCallback
 from imagegate.engines.diffusers_base import (
     DiffusersEngine,
     eager_execution,
@@ -46,8 +46,8 @@ DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_RANK = 16
 # Training resolution: images are scaled to at most this area (and to multiples of 16). 512² is
 # the usual FLUX LoRA resolution: 4x cheaper than 1 MP and it transfers to larger outputs.
-DEFAULT_TRAIN_AREA = 512 * 512
-MIN_SIDE = 64
+DEFAULT_TRAIN_AREA = LORA_TRAINING_AREA
+MIN_SIDE = LORA_TRAINING_MIN_SIDE
 MAX_GRAD_NORM = 1.0
 WEIGHT_DECAY = 1e-4
 # The guidance embedding is fed the engines' default guidance, so the LoRA learns the conditioning

@@ -59,6 +59,10 @@ class Database:
                 url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT", connect_args=POSTGRES_CONNECT_ARGS
             )
 
+    def engines(self) -> list[Engine]:
+        """Every engine this database sends statements through."""
+        return [self.engine] if self._single_reads is self.engine else [self.engine, self._single_reads]
+
     @property
     def postgres(self) -> bool:
         return self.dialect == "postgresql"

@@ -26,3 +26,9 @@ def new_request_id(model_id: str) -> str:
 
 def new_token(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
+
+
+def unstorable(text: str) -> bool:
+    """Text no id can hold: a NUL (which PostgreSQL text refuses) or a lone surrogate (which no
+    driver can encode). Looking such an id up finds nothing, without asking the database."""
+    return "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from imagegate.exceptions import IdempotencyConflictError, RequestNotFoundError
 from imagegate.jobs import schema
 from imagegate.jobs.database import Database
-from imagegate.jobs.ids import new_request_id
+from imagegate.jobs.ids import new_request_id, unstorable
 from imagegate.jobs.keys import KeyRepository, RateLimit
 from imagegate.jobs.outbox import OutboxRepository
 from imagegate.jobs.paging import Page, SortKey, TimeRange, fetch_page
@@ -42,6 +42,8 @@ _jobs = schema.jobs
 _JOB_BY_ID = select(_jobs).where(_jobs.c.id == sa.bindparam("job_id"))
 _OWN_JOB_BY_ID = _JOB_BY_ID.where(_jobs.c.key_id == sa.bindparam("key_id"))
 _JOBS_NEWEST_FIRST = [SortKey("created_at", _jobs.c.created_at, True, float), SortKey("id", _jobs.c.id, True, str)]
+# A listing's columns: a job's parameters can hold whole images.
+_SUMMARY_COLUMNS = [column for column in _jobs.c if column.name != "params"]
 _ANY_QUEUED = select(_jobs.c.id).where(_jobs.c.status == JobStatus.QUEUED.value).limit(1)
 _QUEUED_AHEAD = select(func.count()).where(
     _jobs.c.status == JobStatus.QUEUED.value,
@@ -143,7 +145,7 @@ class NewJob:
 def _not_found_if_unstorable(job_id: str) -> None:
     """An id no job can have (a NUL, which PostgreSQL text refuses, or a lone surrogate, which no
     driver can encode) is simply not found, rather than an error from the database."""
-    if "\x00" in job_id or any("\ud800" <= ch <= "\udfff" for ch in job_id):
+    if unstorable(job_id):
         shown = job_id.encode("utf-8", "backslashreplace").decode("utf-8")
         raise RequestNotFoundError(f"Request '{shown}' not found")
 
@@ -239,18 +241,20 @@ class JobRepository:
             raise RequestNotFoundError(f"Request '{job_id}' not found")
         return Job.from_row(row)
 
-    def page(self, where: JobFilter, *, limit: int, cursor: str | None = None) -> Page[Job]:
-        """Jobs matching ``where``, newest first."""
+    def page(self, where: JobFilter, *, limit: int, cursor: str | None = None, with_params: bool = True) -> Page[Job]:
+        """Jobs matching ``where``, newest first; without their parameters unless ``with_params``."""
         t = _jobs
-        query = select(t).where(*where.period.clauses(t.c.created_at))
+        columns = list(t.c) if with_params else _SUMMARY_COLUMNS
+        query = select(*columns).where(*where.period.clauses(t.c.created_at))
         if where.key_id is not None:
             query = query.where(t.c.key_id == where.key_id)
         if where.model_id is not None:
             query = query.where(t.c.model_id == where.model_id)
         if where.statuses:
             query = query.where(t.c.status.in_([s.value for s in where.statuses]))
+        convert = Job.from_row if with_params else (lambda row: Job.from_snapshot(dict(row._mapping)))
         with self.db.read() as conn:
-            return fetch_page(conn, query, _JOBS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=Job.from_row)
+            return fetch_page(conn, query, _JOBS_NEWEST_FIRST, cursor=cursor, limit=limit, convert=convert)
 
     def list(self, *, key_id: str | None = None, statuses: Iterable[JobStatus] | None = None) -> list[Job]:
         t = _jobs

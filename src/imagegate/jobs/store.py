@@ -10,6 +10,7 @@ lives in a repository of this package; nothing above it writes SQL.
 - :attr:`JobStore.audit` — the audit log (:mod:`imagegate.jobs.audit`)
 - :attr:`JobStore.admin_tokens` — the stored admin token (:mod:`imagegate.jobs.admin_tokens`)
 - :attr:`JobStore.admin` — the operator's changes, each with its audit row (:mod:`imagegate.jobs.admin`)
+- :attr:`JobStore.uploads` — files keys uploaded as inputs (:mod:`imagegate.jobs.uploads`)
 
 Repositories share the store's :class:`~imagegate.jobs.database.Database`; their write methods
 take an optional connection, so a caller can put several of them in one transaction. Changes are
@@ -30,12 +31,13 @@ from imagegate.jobs.queue import Job, JobRepository, NewJob
 from imagegate.jobs.switches import ModelSwitchRepository
 from imagegate.jobs.usage import UsageRepository
 from imagegate.jobs.wakeups import Wakeups
+from imagegate.jobs.uploads import Upload, UploadRepository
 from imagegate.jobs.workers import WorkerRepository
 
 if TYPE_CHECKING:
     from imagegate.config import Settings
 
-__all__ = ["ApiKey", "Job", "JobStore", "LedgerEntry", "NewJob"]
+__all__ = ["ApiKey", "Job", "JobStore", "LedgerEntry", "NewJob", "Upload"]
 
 
 class JobStore:
@@ -53,6 +55,7 @@ class JobStore:
         self.admin = AdminActions(
             self.db, keys=self.keys, models=self.models, jobs=self.jobs, outbox=self.outbox, audit=self.audit, tokens=self.admin_tokens
         )
+        self.uploads = UploadRepository(self.db)
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "JobStore":

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from imagegate.exceptions import InputError
 
@@ -83,14 +83,19 @@ def output_format(fmt: str) -> OutputFormat:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {known}") from None
 
 
-def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, *, field: str, max_pixels: int, fit_area: int | None = None) -> Image.Image:
     """Decode untrusted bytes into an RGB image with its pixels loaded.
 
     The first frame of an animation is used, EXIF orientation is applied, embedded colour
-    profiles are converted to sRGB and transparency is composited on white.
+    profiles are converted to sRGB and transparency is composited on white. With ``fit_area``
+    the image is scaled down (aspect kept) to at most that many pixels while it is decoded: a
+    JPEG decodes at a fraction of its size in the first place, anything else is box-reduced in
+    its own mode before it is converted, so a large input never exists at full size in RGB.
     """
-    img = _open_first_frame(data, field=field, max_pixels=max_pixels)
-    return _detached(_to_rgb(img, field=field), img)
+    img = _open_first_frame(data, field=field, max_pixels=max_pixels, fit_area=fit_area)
+    if fit_area is None:
+        return _detached(_to_rgb(img, field=field), img)
+    return _fitted(_to_rgb(img, field=field), fit_area)
 
 
 def decode_mask(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
@@ -133,7 +138,7 @@ def encode_image(img: Image.Image, fmt: str, quality: int | None = None) -> Enco
     return EncodedImage(data=buf.getvalue(), content_type=spec.content_type, extension=spec.extension)
 
 
-def _open_first_frame(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
+def _open_first_frame(data: bytes, *, field: str, max_pixels: int, fit_area: int | None = None) -> Image.Image:
     if not data:
         raise InputError(field, "is empty; expected an image")
     try:
@@ -159,18 +164,75 @@ def _open_first_frame(data: bytes, *, field: str, max_pixels: int) -> Image.Imag
 
     try:
         img.seek(0)
+        if fit_area is not None:
+            # JPEG only: decode at 1/2, 1/4 or 1/8 scale, still at least the fitted size.
+            img.draft(img.mode, _fitted_size(img.size, fit_area))
         img.load()
+        orientation = _orientation(img)
+        if fit_area is not None:
+            img = _reduced(img, fit_area)
     except Image.DecompressionBombError as exc:
         raise InputError(field, f"image has too many pixels (more than the {max_pixels:,} pixel limit)") from exc
     except _DECODER_ERRORS as exc:
         raise InputError(field, NOT_DECODABLE) from exc
+    method = _ORIENTATION_TRANSPOSE.get(orientation) if orientation is not None else None
+    return img if method is None else img.transpose(method)
 
+
+def _orientation(img: Image.Image) -> int | None:
+    # Read before any reduction (a reduced copy has no EXIF) and applied after it, so a rotated
+    # photo is never copied at full size.
     try:
-        oriented = ImageOps.exif_transpose(img)
+        value = img.getexif().get(ExifTags.Base.Orientation)
     except _DECODER_ERRORS:
-        # A malformed EXIF block should not cost the user an otherwise good image.
-        oriented = img
-    return oriented
+        return None  # a malformed EXIF block should not cost the user an otherwise good image
+    return value if isinstance(value, int) else None
+
+
+# EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes Image.reduce averages in place; others are converted first (1-bit: to 8-bit grey, the
+# same memory in Pillow).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
+
+
+def _fitted_size(size: tuple[int, int], area: int) -> tuple[int, int]:
+    width, height = size
+    if width * height <= area:
+        return width, height
+    scale = (area / (width * height)) ** 0.5
+    rounded = max(1, round(width * scale)), max(1, round(height * scale))
+    if rounded[0] * rounded[1] <= area:
+        return rounded
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _reduced(img: Image.Image, area: int) -> Image.Image:
+    """A cheap integer box reduction towards ``area`` (the exact fit is resampled afterwards)."""
+    width, height = img.size
+    factor = int((width * height / area) ** 0.5)
+    if factor < 2:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    if img.mode not in _REDUCIBLE_MODES:
+        return img
+    return img.reduce(factor)
+
+
+def _fitted(img: Image.Image, area: int) -> Image.Image:
+    size = _fitted_size(img.size, area)
+    fitted = img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+    fitted.load()
+    return fitted
 
 
 def _to_rgb(img: Image.Image, *, field: str) -> Image.Image:

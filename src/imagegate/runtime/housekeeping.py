@@ -1,9 +1,10 @@
 """Housekeeping in ``imagegate serve``: one background thread that frees the jobs of stalled
 workers (the stalled-worker sweep) and, at start and then hourly, deletes what has outlived its
-retention: finished webhook deliveries (``webhook_retention_days``)
-and the output media of completed jobs (``media_retention_days``). Each sweep lives with what it
-cleans (:meth:`~imagegate.jobs.outbox.OutboxRepository.purge_expired`,
-:func:`~imagegate.media.retention.purge_expired_media`); this module only runs them.
+retention: finished webhook deliveries (``webhook_retention_days``), the output media of
+completed jobs (``media_retention_days``) and expired uploads (``upload_ttl_hours``). Each sweep
+lives with what it cleans (:meth:`~imagegate.jobs.outbox.OutboxRepository.purge_expired`,
+:func:`~imagegate.media.retention.purge_expired_media`,
+:func:`~imagegate.media.uploads.purge_expired_uploads`); this module only runs them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from imagegate.config import Settings
 from imagegate.jobs.store import JobStore
 from imagegate.media.retention import purge_expired_media
 from imagegate.media.storage import Storage, storage_for
+from imagegate.media.uploads import purge_expired_uploads
 
 log = logging.getLogger("imagegate.runtime.housekeeping")
 
@@ -29,6 +31,7 @@ def sweep(store: JobStore, settings: Settings, storage: Storage, now: float | No
     sweeps = {
         "webhook deliveries": lambda: store.outbox.purge_expired(settings.webhook_retention_days, now),
         "jobs' media": lambda: purge_expired_media(store, storage, settings.media_retention_days, now),
+        "expired uploads": lambda: purge_expired_uploads(store, storage, now),
     }
     for name, run in sweeps.items():
         try:

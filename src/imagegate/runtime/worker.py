@@ -17,7 +17,6 @@ kernel's OOM killer taking the whole worker (or a neighbour) down. Unset or 0: n
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -25,7 +24,6 @@ import signal
 import socket
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +55,6 @@ from imagegate.telemetry.server import start_worker_telemetry
 
 log = logging.getLogger("imagegate.worker")
 
-MAX_DATASET_IMAGES = 200
 # Back-off while the database is unreachable.
 DB_RETRY_FIRST_SECONDS = 0.2
 DB_RETRY_MAX_SECONDS = 5.0
@@ -116,6 +113,7 @@ class Worker:
         from imagegate.engines.manager import ModelManager
         from imagegate.media.inputs import InputFetcher
         from imagegate.media.storage import storage_for
+        from imagegate.media.uploads import StoredUploads
 
         self.settings = settings
         self.store = store
@@ -125,6 +123,7 @@ class Worker:
         self.device = worker_device(settings.device, gpu)
         self.storage = storage_for(settings)
         self.fetcher = InputFetcher.from_settings(settings)
+        self.fetcher.own_inputs = StoredUploads(store, self.storage, settings)
         self.manager = ModelManager(
             device=self.device,
             dtype=settings.dtype,
@@ -433,7 +432,9 @@ class Worker:
         if spec is None:
             return JobStatus.ERROR, None, f"Model '{job.model_id}' is not in this server's catalog (not charged)", None
         try:
-            inputs = self._fetch_inputs(spec, job.params)
+            started = time.perf_counter()
+            with self.fetcher.on_behalf_of(job.key_id):
+                inputs = self._fetch_inputs(spec, job.params)
             params = dict(job.params)
             if params.get("seed") is None:
                 params["seed"] = random.randint(0, 2**32 - 1)
@@ -448,8 +449,17 @@ class Worker:
                 if state.cancel or state.lost:
                     raise JobCanceledError("Canceled by the client")
 
+            engine_started = time.perf_counter()
             result = self._run_engine(spec, call, on_step)
+            engine_ended = time.perf_counter()
             output = self._store_outputs(job, spec, params, result)
+            # Where the job's time went inside the worker; the queue benchmark subtracts the
+            # engine's share to measure what imagegate adds around a model.
+            output["timings"] = {
+                "inputs_ms": round((engine_started - started) * 1000, 3),
+                "engine_ms": round((engine_ended - engine_started) * 1000, 3),
+                "outputs_ms": round((time.perf_counter() - engine_ended) * 1000, 3),
+            }
             runtime_price = self.store.models.price_override(spec.id) if spec.final_price is not None else None
             charge = final_price_for(spec, params, result, job.price_micros, self.settings, runtime_price)
             return JobStatus.COMPLETED, output, None, charge
@@ -502,55 +512,26 @@ class Worker:
                 data = self.fetcher.fetch_bytes(value, field=name)
                 inputs[name] = decode_mask(data, field=name, max_pixels=self.settings.max_input_pixels)
             elif kind is InputKind.LORAS:
-                inputs[name] = [self._fetch_lora(item, f"{name}[{i}].path") for i, item in enumerate(value)]
+                inputs[name] = self._fetch_loras(value, name)
             elif kind is InputKind.DATASET:
                 inputs[name] = self._fetch_dataset(spec, value, name)
         return inputs
 
-    def _fetch_lora(self, item: dict[str, Any], field: str) -> LoraSpec:
-        import hashlib
+    def _fetch_loras(self, items: list[dict[str, Any]], name: str) -> list[LoraSpec]:
+        from imagegate.media.loras import LoraCache
 
-        data = self.fetcher.fetch_bytes(item["path"], field=field)
-        if len(data) < 8 or not data[8:9] == b"{":
-            # A safetensors file starts with an 8-byte header length and a JSON header.
-            raise InputError(field, "is not a safetensors file")
-        digest = hashlib.sha256(data).hexdigest()
-        cache = self.settings.data_dir / "loras"
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"{digest}.safetensors"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        return LoraSpec(path=str(path), scale=float(item.get("scale", 1.0)))
+        sources = [(item["path"], f"{name}[{i}].path") for i, item in enumerate(items)]
+        paths = LoraCache.from_settings(self.settings).fetch_all(self.fetcher, sources)
+        return [LoraSpec(path=str(path), scale=float(item.get("scale", 1.0))) for path, item in zip(paths, items)]
 
     def _fetch_dataset(self, spec: ModelSpec, url: str, field: str) -> list[Image.Image]:
         from imagegate.catalog.flux2 import MIN_DATASET_IMAGES
-        from imagegate.media.codecs import decode_image
+        from imagegate.engines.base import LORA_TRAINING_AREA, LORA_TRAINING_MIN_SIDE
+        from imagegate.media.datasets import DatasetLimits, read_dataset
 
+        limits = DatasetLimits.from_settings(self.settings, LORA_TRAINING_AREA, LORA_TRAINING_MIN_SIDE)
         data = self.fetcher.fetch_bytes(url, field=field)
-        images: list[Image.Image] = []
-        if data[:4] == b"PK\x03\x04":
-            try:
-                archive = zipfile.ZipFile(io.BytesIO(data))
-                names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
-            except zipfile.BadZipFile as exc:
-                raise InputError(field, "is not a readable zip archive") from exc
-            for name in names:
-                if not name.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
-                    continue
-                if len(images) >= MAX_DATASET_IMAGES:
-                    break
-                info = archive.getinfo(name)
-                if info.file_size > self.settings.max_input_bytes:
-                    raise InputError(field, f"{name} is larger than the input size limit")
-                images.append(decode_image(archive.read(name), field=f"{field}:{name}", max_pixels=self.settings.max_input_pixels))
-        else:
-            images.append(decode_image(data, field=field, max_pixels=self.settings.max_input_pixels))
-        needed = MIN_DATASET_IMAGES.get(spec.id, 1)
-        if len(images) < needed:
-            raise InputError(field, f"needs at least {needed} PNG/JPG images, found {len(images)}")
-        return images
+        return read_dataset(data, field=field, limits=limits, min_images=MIN_DATASET_IMAGES.get(spec.id, 1))
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -644,6 +625,10 @@ def run_worker(
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
     store.migrate()
+    if settings.metrics_enabled:
+        from imagegate.telemetry.metrics import count_statements
+
+        count_statements(store, "worker")
     worker = Worker(settings, store, model_ids=model_ids, worker_id=worker_id, gpu=gpu)
     stop_telemetry = start_worker_telemetry(settings, store, worker.worker_id, health_port)
     worker.install_signal_handlers()

@@ -9,7 +9,9 @@ see :mod:`.multiprocess`):
   ``imagegate_job_run_seconds{model}``, ``imagegate_charged_usd_total{model}`` and
   ``imagegate_gpu_memory_bytes{worker,kind}`` — by the worker when a job ends
   (:func:`record_job_end`);
-- ``imagegate_webhook_deliveries_total{outcome}`` — by the deliverer after each attempt.
+- ``imagegate_webhook_deliveries_total{outcome}`` — by the deliverer after each attempt;
+- ``imagegate_db_statements_total{role}`` — every SQL statement a process sends
+  (:func:`count_statements`): the database load of an idle fleet, of polls, of submits.
 
 Read from the database at scrape time (:class:`ClusterCollector`): ``imagegate_queue_depth``,
 ``imagegate_queue_oldest_age_seconds``, ``imagegate_workers{state}``,
@@ -88,6 +90,22 @@ GPU_MEMORY = Gauge(
     # One series per live worker process; a process that exits takes its own away.
     multiprocess_mode="livesum",
 )
+
+
+DB_STATEMENTS = Counter(
+    "imagegate_db_statements",
+    "SQL statements sent to the database, by the role of the process that sent them (api, worker).",
+    ["role"],
+)
+
+
+def count_statements(store: JobStore, role: str) -> None:
+    """Count every statement ``store`` sends (each engine of its database) as ``role``."""
+    from sqlalchemy import event
+
+    counter = DB_STATEMENTS.labels(role)
+    for engine in store.db.engines():
+        event.listen(engine, "before_cursor_execute", lambda *_args: counter.inc())
 
 
 def record_request(route: str, code: int) -> None:

@@ -1,9 +1,12 @@
 """Sends the outbox's events: concurrent, signed, retried, and never to a private address.
 
-Each attempt resolves the target's host, refuses non-public answers (loopback only when
-``allow_http_webhooks`` is on, for development), and connects to exactly the address it
-checked, with the URL's host name kept for the Host header, SNI and certificate checks, so DNS
-rebinding cannot turn a webhook into a request to an internal service.
+Each attempt goes through :mod:`imagegate.network`, the transport input fetching uses too: the
+target's host is resolved and every answer judged by the webhook address policy (public only;
+loopback as well when ``allow_http_webhooks`` is on, for development), and the connection goes
+to exactly the address that was checked, with the URL's host name kept for the Host header, SNI
+and certificate checks, so DNS rebinding cannot turn a webhook into a request to an internal
+service. A target the policy refuses fails its event at once: the answer would be the same on
+every retry.
 
 Retry schedule (see :class:`RetryPolicy`): terminal events are retried with exponential backoff
 and jitter until their ``deliver_until`` (``webhook_retry_hours`` after the event, 25 h by
@@ -13,24 +16,20 @@ honoured, and 410 Gone stops every further delivery for that request.
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import ipaddress
 import json
 import logging
 import random
-import ssl
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import httpcore
 import httpx
 
 from imagegate.config import Settings
-from imagegate.exceptions import InputError, ValidationError
+from imagegate.exceptions import AddressRefusedError, OutboundRefusedError, ValidationError
 from imagegate.jobs.queue import Job
 from imagegate.jobs.wakeups import Topic
 from imagegate.jobs.store import JobStore
@@ -44,6 +43,7 @@ from imagegate.jobs.outbox import (
     WebhookEvent,
 )
 from imagegate.media.storage import storage_for
+from imagegate.network import AddressPolicy, guarded_client
 from imagegate.protocol import views
 from imagegate.telemetry.metrics import record_webhook_delivery
 from imagegate.webhooks.signing import SignatureError, sign
@@ -54,7 +54,6 @@ log = logging.getLogger("imagegate.webhooks")
 USER_AGENT = "imagegate-webhooks"
 MAX_RESPONSE_BYTES = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
-DEFAULT_PORTS = {"http": 80, "https": 443}
 DB_ERROR_PAUSE_SECONDS = 2.0
 MIN_WAIT_SECONDS = 0.005
 
@@ -95,89 +94,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 class DeliveryRefused(Exception):
     """The target cannot be sent to (scheme or address policy); recorded as the attempt's error."""
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """Every socket operation gets what is left of the attempt's deadline, so a receiver that
-    drips its answer cannot stretch one attempt past ``webhook_timeout_seconds``."""
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def _left(self, timeout: float | None, error: type[Exception]) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise error("the webhook timeout has passed")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(inner, self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Dials the addresses that were checked, whatever host name the URL carries: each in turn
-    until one connects, each with an equal share of the time left."""
-
-    def __init__(self, addresses: Sequence[str], deadline: float) -> None:
-        self._addresses = list(addresses)
-        self._deadline = deadline
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        failure: Exception = httpcore.ConnectError("no address to connect to")
-        for index, address in enumerate(self._addresses):
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ConnectTimeout("the webhook timeout has passed")
-            share = left / (len(self._addresses) - index)
-            try:
-                stream = self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=share if timeout is None else min(timeout, share),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-                continue
-            return _DeadlineStream(stream, self._deadline)
-        raise failure
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("webhooks are never sent over unix sockets")
-
-
-def _is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 @dataclass
@@ -303,15 +219,15 @@ class Deliverer:
                 retry_after = parse_retry_after(response.retry_after, time.time())
         except DeliveryRefused as exc:
             error, permanent = str(exc), True
-        except InputError as exc:
-            # Refused address or unresolvable name: nothing was sent. DNS can change, so retry.
-            message = str(exc)
-            if message.startswith(f"{exc.field}: "):
-                message = message[len(exc.field) + 2 :]
-            error = f"target refused: {message}"
-        except httpcore.TimeoutException as exc:
+        except AddressRefusedError as exc:
+            # The policy will say the same on every retry: nothing was sent, nothing will be.
+            error, permanent = f"target refused: {exc.message}", True
+        except OutboundRefusedError as exc:
+            # An unresolvable name: nothing was sent, and DNS can change, so retry.
+            error = f"target unreachable: {exc.message}"
+        except httpx.TimeoutException as exc:
             error = f"timed out after {self.settings.webhook_timeout_seconds:g} s ({type(exc).__name__})"
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
+        except (httpx.TransportError, httpx.StreamError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except Exception as exc:  # a bug here must not lose the event: record it and retry
             log.exception("webhook %s: unexpected error", event.id)
@@ -372,44 +288,22 @@ class Deliverer:
                 return result(FAILED, note="gave up: the retry window has ended")
         return result(PENDING, next_at)
 
-    def _pin(self, host: str, port: int) -> list[str]:
-        """The checked addresses to connect to; loopback only in development mode."""
-        from imagegate.media.inputs import resolve_public_addresses
-
-        try:
-            return resolve_public_addresses(host, port, allow_private=False)
-        except InputError:
-            if not self.settings.allow_http_webhooks:
-                raise
-            addresses = resolve_public_addresses(host, port, allow_private=True)
-            if not all(_is_loopback(address) for address in addresses):
-                raise
-            return addresses
-
     def body(self, event: WebhookEvent) -> bytes:
         """The event's body: rendered from the job's snapshot with this server's base URL (the
         same bytes on every retry), or stored whole by an older release."""
         if event.job_snapshot is None:
             return (event.payload or "").encode("utf-8")
         payload = views.webhook_payload(Job.from_snapshot(event.job_snapshot), self.settings.base_url, self.storage)
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(payload.content(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def _post(self, event: WebhookEvent) -> _Response:
         try:
             check_webhook_url(event.target_url, "webhook", self.settings)
+            url = httpx.URL(event.target_url)
         except ValidationError as exc:
             raise DeliveryRefused(f"target refused: {exc.message}") from exc
-        try:
-            url = httpx.URL(event.target_url)
         except (httpx.InvalidURL, ValueError) as exc:
             raise DeliveryRefused("target refused: not a valid URL") from exc
-        scheme = url.scheme
-        wire_host = url.raw_host  # IDNA-encoded, IPv6 without brackets
-        host = wire_host.decode("ascii")
-        port = url.port or DEFAULT_PORTS[scheme]
-        addresses = self._pin(host, port)
-        if scheme == "http" and not all(_is_loopback(address) for address in addresses):
-            raise DeliveryRefused("target refused: plain http:// is only sent to loopback addresses")
         try:
             # Read at every attempt, so a rotated secret applies to retries too.
             secret = self.store.keys.get(event.key_id).webhook_secret
@@ -418,39 +312,27 @@ class Deliverer:
             signature = sign(secret, event.id, timestamp, body)
         except SignatureError as exc:
             raise DeliveryRefused(f"cannot sign: {exc}") from exc
-        host_header = b"[" + wire_host + b"]" if ":" in host else wire_host
-        if port != DEFAULT_PORTS[scheme]:
-            host_header += b":%d" % port
-        headers = [
-            (b"Host", host_header),
-            (b"Content-Type", b"application/json"),
-            (b"User-Agent", USER_AGENT.encode()),
-            (b"webhook-id", event.id.encode()),
-            (b"webhook-timestamp", str(timestamp).encode()),
-            (b"webhook-signature", signature.encode()),
-        ]
-        if url.username:
-            credentials = f"{url.username}:{url.password or ''}".encode()
-            headers.append((b"Authorization", b"Basic " + base64.b64encode(credentials)))
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": event.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature,
+        }
         timeout = self.settings.webhook_timeout_seconds
-        deadline = time.monotonic() + timeout
-        core_url = httpcore.URL(scheme=scheme.encode(), host=wire_host, port=port, target=url.raw_path or b"/")
-        extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
-        with httpcore.ConnectionPool(
-            ssl_context=self._ssl_context, network_backend=_PinnedBackend(addresses, deadline), retries=0, max_connections=1
-        ) as pool:
-            with pool.stream("POST", core_url, headers=headers, content=body, extensions=extensions) as response:
+        policy = AddressPolicy.for_webhooks(self.settings, url.scheme)
+        # Credentials in the URL's user part go out as Basic auth (httpx does that from the URL).
+        with guarded_client(
+            policy, timeout=timeout, deadline=time.monotonic() + timeout, ssl_context=self._ssl_context
+        ) as client:
+            with client.stream("POST", url, headers=headers, content=body) as response:
                 received = bytearray()
                 # The body is only kept for the error text: read a little, then hang up.
-                for chunk in response.iter_stream():
+                for chunk in response.iter_raw():
                     received += chunk
                     if len(received) >= MAX_RESPONSE_BYTES:
                         break
-                retry_after = None
-                for name, value in response.headers:
-                    if name.lower() == b"retry-after":
-                        retry_after = value.decode("latin-1")
-                return _Response(response.status, retry_after, bytes(received))
+                return _Response(response.status_code, response.headers.get("retry-after"), bytes(received))
 
 
 def start_deliverer_thread(store: JobStore, settings: Settings, **options: Any) -> tuple[threading.Thread, threading.Event]:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from imagegate.config import Settings
 from imagegate.exceptions import ValidationError
-
-LOOPBACK_NAMES = {"localhost"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from imagegate.network import AddressPolicy, is_loopback_host, literal_address
 
 
 def check_webhook_url(url: object, field: str, settings: Settings) -> str:
-    """Syntax and scheme at submit time; the address is checked again at every delivery."""
+    """Syntax, scheme and, for an IP literal, the address policy, at submit time (no DNS); every
+    delivery checks the addresses a name resolves to again."""
     if not isinstance(url, str) or not url:
         raise ValidationError(field, "must be a URL string")
     if len(url) > 2048:
@@ -34,8 +24,12 @@ def check_webhook_url(url: object, field: str, settings: Settings) -> str:
         raise ValidationError(field, "is not a valid URL (Invalid webhook URL)") from exc
     if not host or parts.port == 0:
         raise ValidationError(field, "is not a valid URL (Invalid webhook URL)")
-    if parts.scheme == "https":
-        return url
-    if parts.scheme == "http" and settings.allow_http_webhooks and _is_loopback(host):
-        return url
-    raise ValidationError(field, "must be an https:// URL (plain http:// is rejected)")
+    development = parts.scheme == "http" and settings.allow_http_webhooks and is_loopback_host(host)
+    if parts.scheme != "https" and not development:
+        raise ValidationError(field, "must be an https:// URL (plain http:// is rejected)")
+    address = literal_address(host)
+    if address is not None:
+        reason = AddressPolicy.for_webhooks(settings, parts.scheme).refusal(address)
+        if reason is not None:
+            raise ValidationError(field, f"must point to a public address: {reason}")
+    return url

@@ -40,7 +40,7 @@ from imagegate.api.admin.schemas import (
 from imagegate.api.services import Services
 from imagegate.api.submission import check_content_type
 from imagegate.api.webhook_routes import redeliver_final_event
-from imagegate.billing.pricing import base_price, price_source
+from imagegate.billing.pricing import price_of_defaults, price_source
 from imagegate.catalog import MODELS, ModelSpec
 from imagegate.exceptions import RequestNotFoundError, ValidationError
 from imagegate.jobs.audit import Actor, AuditFilter
@@ -227,7 +227,7 @@ def _model_views(services: Services, specs: list[ModelSpec]) -> list[ModelView]:
             ModelView(
                 id=spec.id, public_id=spec.request_model_id, title=spec.title, family=spec.family, task=spec.task,
                 enabled=config_enabled and switch_enabled, config_enabled=config_enabled, switch_enabled=switch_enabled,
-                price=base_price(spec, services.settings, runtime), price_source=price_source(spec, services.settings, runtime),
+                price=price_of_defaults(spec, services.settings, runtime_micros=runtime), price_source=price_source(spec, services.settings, runtime),
                 runtime_price=runtime, loaded=bool(loaded_on), loaded_on=loaded_on,
                 workers=[w.id for w in live if w.serves(spec.id)],
             )
