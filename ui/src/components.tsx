@@ -214,38 +214,29 @@ export interface Bar {
   hint?: string;
 }
 
-// A bar chart in plain SVG: no chart library, nothing fetched.
-export function BarChart({ bars, format, height = 180 }: { bars: Bar[]; format: (v: number) => string; height?: number }) {
+// A bar chart in plain HTML and CSS: no chart library, nothing fetched, text never stretched.
+export function BarChart({ bars, format }: { bars: Bar[]; format: (v: number) => string }) {
   if (!bars.some((b) => b.value > 0)) return <Empty>Nothing in this period.</Empty>;
-  const max = Math.max(...bars.map((b) => b.value), 0) || 1;
-  const width = Math.max(320, bars.length * 28);
-  const slot = width / bars.length;
-  const plot = height - 36;
-  // About eight labels, whatever the number of bars.
+  const max = Math.max(...bars.map((b) => b.value));
+  // About eight labels, whatever the number of bars, the last one always.
   const every = Math.ceil(bars.length / 8);
+  const labelled = (i: number) => i % every === (bars.length - 1) % every;
   return (
-    <svg class="chart" viewBox={`0 0 ${width} ${height}`} preserveAspectRatio="none" role="img">
-      <line x1="0" x2={width} y1={plot} y2={plot} class="axis" />
-      {bars.map((bar, i) => {
-        const h = (bar.value / max) * (plot - 14);
-        const x = i * slot + slot * 0.15;
-        return (
-          <g key={bar.label}>
-            <rect x={x} y={plot - h} width={slot * 0.7} height={Math.max(h, bar.value > 0 ? 1 : 0)} class="bar">
-              <title>{`${bar.label}: ${format(bar.value)}${bar.hint ? ` · ${bar.hint}` : ""}`}</title>
-            </rect>
-            {i % every === (bars.length - 1) % every ? (
-              <text x={x + slot * 0.35} y={height - 20} class="tick" text-anchor="middle">
-                {bar.label.length > 5 ? bar.label.slice(-5) : bar.label}
-              </text>
-            ) : null}
-          </g>
-        );
-      })}
-      <text x="2" y="12" class="tick">
-        {format(max)}
-      </text>
-    </svg>
+    <div class="chart" role="img">
+      <div class="chart-max">{format(max)}</div>
+      <div class="chart-bars">
+        {bars.map((bar) => (
+          <div class="chart-col" key={bar.label} title={`${bar.label}: ${format(bar.value)}${bar.hint ? ` · ${bar.hint}` : ""}`}>
+            <div class={bar.value > 0 ? "chart-bar" : "chart-bar empty"} style={{ height: `${(bar.value / max) * 100}%` }} />
+          </div>
+        ))}
+      </div>
+      <div class="chart-ticks">
+        {bars.map((bar, i) => (
+          <span key={bar.label}>{labelled(i) ? bar.label.slice(-5) : ""}</span>
+        ))}
+      </div>
+    </div>
   );
 }
 

@@ -18,7 +18,7 @@ export interface Run {
   requestId: string | null;
   // REFUSED: the submit itself was answered with an error (400, 402, …): no request exists.
   status: JobStatus | "SUBMITTING" | "REFUSED";
-  queuePosition: number | null;
+  queuePosition: number | null; // requests ahead of it, while queued
   progress: number;
   step: number | null;
   steps: number | null;
@@ -103,6 +103,11 @@ export function clearRuns(): void {
 // -- following a request --------------------------------------------------------------------------
 
 const POLL_MS = 500;
+const POSITION_MS = 2000;
+
+function statusPath(requestId: string): string {
+  return `/v2/requests/status/${encodeURIComponent(requestId)}`;
+}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -128,7 +133,7 @@ function fromStatus(status: QueueStatus): Partial<Run> {
 
 async function pollStatus(id: number, requestId: string): Promise<void> {
   for (;;) {
-    const status = await userApi<QueueStatus>(`/v2/requests/status/${encodeURIComponent(requestId)}`);
+    const status = await userApi<QueueStatus>(statusPath(requestId));
     change(id, fromStatus(status));
     if (ENDED.includes(status.status)) return;
     await sleep(POLL_MS);
@@ -136,8 +141,16 @@ async function pollStatus(id: number, requestId: string): Promise<void> {
 }
 
 // The event stream until `done`; the status poll where the stream is missing or breaks off.
+// Events come on changes only, and a queued request's position changes without one: while it
+// waits, its status is read now and then for that.
 async function follow(id: number, requestId: string, signal = new AbortController().signal): Promise<void> {
   let ended = false;
+  const readPosition = async () => {
+    if (runs.find((r) => r.id === id)?.status !== "QUEUED") return;
+    const status = await userApi<QueueStatus>(statusPath(requestId)).catch(() => null);
+    if (status?.status === "QUEUED") change(id, { queuePosition: status.queue_position ?? null });
+  };
+  const position = setInterval(readPosition, POSITION_MS);
   try {
     const response = await openEvents(requestId, signal);
     if (response.ok) {
@@ -149,12 +162,14 @@ async function follow(id: number, requestId: string, signal = new AbortControlle
         } else if (event.event === "status" || event.event === "done") {
           change(id, fromStatus(data as QueueStatus));
           ended = ended || event.event === "done";
+          if (event.event === "status") void readPosition();
         }
       });
     }
-  } catch (err) {
-    if (signal.aborted) return;
-    // The stream broke (a proxy, a restart): the poll below carries on.
+  } catch {
+    // The stream broke (a proxy, a restart) or was let go: the poll below carries on, if wanted.
+  } finally {
+    clearInterval(position);
   }
   if (!ended && !signal.aborted) await pollStatus(id, requestId);
 }

@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 
 import { buildBody, FieldError, fieldsOf, initialValues, valuesFromBody, type JsonSchema, type Values } from "./schema";
+import type { CatalogEntry } from "./types";
 
 const imageSize: JsonSchema = {
   anyOf: [
@@ -94,7 +95,7 @@ describe("fieldsOf", () => {
 // back for the server's own validator to judge.
 const exported = process.env.IMAGEGATE_CATALOG_JSON;
 describe.runIf(Boolean(exported))("the catalog's schemas", () => {
-  const catalog = exported ? (JSON.parse(readFileSync(exported, "utf8")) as { id: string; inputs: Record<string, string>; request_schema: JsonSchema }[]) : [];
+  const catalog = exported ? (JSON.parse(readFileSync(exported, "utf8")) as CatalogEntry[]) : [];
   const sample: Record<string, unknown> = { image: "https://example.com/a.png", mask: "https://example.com/m.png", dataset: "https://example.com/d.zip", images: ["https://example.com/a.png"] };
 
   it("every field of every model gets a control of its own", () => {

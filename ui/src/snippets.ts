@@ -78,7 +78,7 @@ export function pythonSnippet({ baseUrl, modelId, body }: SnippetRequest): strin
     "",
     `client = Client(${JSON.stringify(baseUrl)}, os.environ[${JSON.stringify(KEY_VARIABLE)}])`,
     `result = client.run(${JSON.stringify(modelId)}, ${pythonLiteral(body)})`,
-    "print(result)",
+    "print(result.urls, result.seed)",
   ].join("\n");
 }
 

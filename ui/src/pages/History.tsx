@@ -64,7 +64,7 @@ export function History() {
                 <td class="thumb">
                   {item.thumbnail ? (
                     <a href={item.thumbnail} target="_blank" rel="noreferrer noopener">
-                      <img src={item.thumbnail} alt="" loading="lazy" referrerpolicy="no-referrer" />
+                      <img src={item.thumbnail} alt="" referrerpolicy="no-referrer" />
                     </a>
                   ) : null}
                 </td>
@@ -72,7 +72,7 @@ export function History() {
                   {item.request_id}
                   {item.error ? <div class="error-text">{item.error}</div> : null}
                 </td>
-                <td>{item.model_id}</td>
+                <td class="nowrap">{item.model_id}</td>
                 <td>
                   <StatusBadge status={item.status} />
                   {item.status === "PROCESSING" ? <ProgressBar value={item.progress} /> : null}

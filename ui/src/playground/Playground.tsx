@@ -56,7 +56,8 @@ function seconds(run: Run): string {
 
 function progressLabel(run: Run): string {
   if (run.status === "SUBMITTING") return "submitting…";
-  if (run.status === "QUEUED") return run.queuePosition ? `queued · position ${run.queuePosition}` : "queued";
+  // queue_position counts the requests a worker takes before this one.
+  if (run.status === "QUEUED") return run.queuePosition !== null ? `queued · ${run.queuePosition} ahead` : "queued";
   if (run.step !== null && run.steps) return `step ${run.step} / ${run.steps}${run.loss !== null ? ` · loss ${run.loss.toFixed(4)}` : ""}`;
   return `${Math.round(run.progress * 100)}%`;
 }

@@ -4,7 +4,7 @@ import { useState } from "preact/hooks";
 import { adminApi, query } from "../../api";
 import { BarChart, Card, Choice, Empty, ErrorBox, useLoad } from "../../components";
 import { usd } from "../../format";
-import type { UsagePage, UsageRow } from "../../types";
+import type { KeyView, Page, UsagePage, UsageRow } from "../../types";
 
 const PERIODS = [
   { days: 7, label: "last 7 days" },
@@ -45,7 +45,7 @@ function daily(rows: UsageRow[], days: number): { day: string; row: UsageRow | n
   return days ? out : [...rows].reverse().map((r) => ({ day: r.day ?? "", row: r }));
 }
 
-function GroupTable({ rows, label, name }: { rows: UsageRow[]; label: string; name: "key_id" | "model_id" }) {
+function GroupTable({ rows, label, name, names = {} }: { rows: UsageRow[]; label: string; name: "key_id" | "model_id"; names?: Record<string, string> }) {
   if (!rows.length) return <Empty>Nothing in this period.</Empty>;
   const max = Math.max(...rows.map((r) => Number(r.spend)), 0) || 1;
   const sorted = [...rows].sort((a, b) => Number(b.spend) - Number(a.spend) || b.images - a.images);
@@ -63,7 +63,10 @@ function GroupTable({ rows, label, name }: { rows: UsageRow[]; label: string; na
       <tbody>
         {sorted.map((r) => (
           <tr key={r[name]}>
-            <td class="mono small">{r[name]}</td>
+            <td>
+              {names[r[name] ?? ""] ? <div>{names[r[name] ?? ""]}</div> : null}
+              <span class="mono small">{r[name]}</span>
+            </td>
             <td class="num">{r.requests}</td>
             <td class="num">{r.images}</td>
             <td class="num">{usd(r.spend)}</td>
@@ -86,6 +89,9 @@ export function Usage() {
   const byDay = useLoad(() => allRows({ ...filter, group_by: "day" }), deps);
   const byKey = useLoad(() => allRows({ ...filter, group_by: "key" }), deps);
   const byModel = useLoad(() => allRows({ ...filter, group_by: "model" }), deps);
+  // Keys by name where the operator gave them one.
+  const keys = useLoad(() => adminApi<Page<KeyView>>("/keys?limit=500"), []);
+  const keyNames = Object.fromEntries((keys.data?.data ?? []).filter((k) => k.name).map((k) => [k.id, k.name]));
   const totals = byDay.data?.totals;
   const series = daily(byDay.data?.data ?? [], days);
   return (
@@ -124,7 +130,7 @@ export function Usage() {
       </Card>
       <div class="columns">
         <Card title="Per key">
-          <GroupTable rows={byKey.data?.data ?? []} label="Key" name="key_id" />
+          <GroupTable rows={byKey.data?.data ?? []} label="Key" name="key_id" names={keyNames} />
         </Card>
         <Card title="Per model">
           <GroupTable rows={byModel.data?.data ?? []} label="Model" name="model_id" />
