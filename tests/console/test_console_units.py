@@ -12,23 +12,24 @@ from pathlib import Path
 import pytest
 
 from imagegate.catalog import MODELS
+from imagegate.config import Settings
 from imagegate.exceptions import ValidationError
+from imagegate.protocol import views
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 
 
-def catalog_schemas() -> list[dict[str, object]]:
-    return [
-        {"id": spec.id, "inputs": {name: kind.value for name, kind in spec.inputs.items()}, "request_schema": spec.schema.model_json_schema()}
-        for spec in MODELS.values()
-    ]
+def catalog() -> list[dict[str, object]]:
+    """Every model's entry exactly as GET /v2/models answers it."""
+    settings = Settings()
+    return [views.catalog_entry_view(spec, settings).model_dump(mode="json") for spec in MODELS.values()]
 
 
 def test_the_unit_suite_passes_and_the_forms_it_builds_are_valid_requests(tmp_path: Path) -> None:
     if not (UI_DIR / "node_modules" / ".bin" / "vitest").exists():
         pytest.fail("ui/node_modules is missing: run `make setup` (it runs `npm ci` in ui/)")
     exported = tmp_path / "catalog.json"
-    exported.write_text(json.dumps(catalog_schemas()))
+    exported.write_text(json.dumps(catalog()))
     done = subprocess.run(
         ["npm", "test", "--silent"],
         cwd=UI_DIR,
