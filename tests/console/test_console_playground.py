@@ -33,10 +33,15 @@ def open_playground(page: Any, server: RunningServer, key: str, model_id: str) -
     page.wait_for_selector("button[name=run]")
 
 
-def tiny_size(page: Any) -> None:
+def tiny_request(page: Any, prompt: str, steps: int, seed: int | None = None) -> None:
+    """Fill the flux-dev form for a 64×64 picture in a few steps."""
+    page.fill("textarea[name=prompt]", prompt)
     page.select_option("select[name=image_size]", "__custom__")
     page.fill("input[name='image_size.width']", TINY["width"])
     page.fill("input[name='image_size.height']", TINY["height"])
+    page.fill("input[name=num_inference_steps]", str(steps))
+    if seed is not None:
+        page.fill("input[name=seed]", str(seed))
 
 
 def run_and_watch(page: Any, runs_before: int, timeout: float = 120) -> tuple[str, list[str]]:
@@ -81,9 +86,7 @@ def test_an_api_key_is_checked_kept_in_session_storage_only_and_signed_out(page:
 def test_a_tiny_model_runs_with_live_progress_and_its_seed_gives_the_same_pixels_again(page: Any, console_server: RunningServer) -> None:
     key = console_server.create_key("1", name="playground")
     open_playground(page, console_server, key, "flux-dev")
-    page.fill("textarea[name=prompt]", "a lighthouse at dusk")
-    tiny_size(page)
-    page.fill("input[name=num_inference_steps]", "8")
+    tiny_request(page, "a lighthouse at dusk", steps=8)
 
     status, labels = run_and_watch(page, 0)
     assert status == "COMPLETED", page.inner_text(".run")
@@ -216,10 +219,7 @@ def test_a_synchronous_model_is_followed_and_reports_its_seed(page: Any, console
 def test_the_snippets_the_page_shows_run_as_shown(page: Any, console_server: RunningServer, tmp_path: Path) -> None:
     key = console_server.create_key("1", name="snippets")
     open_playground(page, console_server, key, "flux-dev")
-    page.fill("textarea[name=prompt]", "it's a \"quoted\" lighthouse")
-    tiny_size(page)
-    page.fill("input[name=num_inference_steps]", "2")
-    page.fill("input[name=seed]", "7")
+    tiny_request(page, "it's a \"quoted\" lighthouse", steps=2, seed=7)
     env = {**os.environ, "IMAGEGATE_KEY": key}
 
     curl = page.inner_text("pre.code[data-language=curl]")
@@ -247,10 +247,7 @@ def test_the_python_snippet_runs_with_imagegate_client(page: Any, console_server
     pytest.importorskip("imagegate_client", reason="imagegate-client (clients/python) is not installed")
     key = console_server.create_key("1", name="python-snippet")
     open_playground(page, console_server, key, "flux-dev")
-    page.fill("textarea[name=prompt]", "a lighthouse")
-    tiny_size(page)
-    page.fill("input[name=num_inference_steps]", "2")
-    page.fill("input[name=seed]", "11")
+    tiny_request(page, "a lighthouse", steps=2, seed=11)
     page.click("button[role=tab]:text-is('Python')")
     script = tmp_path / "run.py"
     script.write_text(page.inner_text("pre.code[data-language=python]"))
