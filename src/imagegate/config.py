@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from imagegate.engines.options import EngineOptions, WarmupSize
+
 DEFAULT_PRESIGN_SECONDS = 86400
 MAX_PRESIGN_SECONDS = 7 * 86400  # the longest a SigV4 presigned URL may live
 
@@ -82,13 +84,15 @@ class Settings(BaseSettings):
     # Host memory a worker process may allocate (RLIMIT_DATA); past it, the job ends ERROR
     # (out of memory) and the worker goes on. 0 = no limit.
     worker_memory_limit_gb: float = 0.0
-    # Engine speed options (imagegate.engines.diffusers_base.EngineOptions): torch.compile of the
-    # transformer, fused QKV projections, fp8 (torchao, fp8 GPUs), channels-last VAE, TF32.
+    # Engine speed options (imagegate.engines.options.EngineOptions): torch.compile of the
+    # transformer, fused QKV projections, fp8 (torchao, compute capability 9.0+), channels-last VAE,
+    # TF32, and the sizes ("WxH" or "WxH*BATCH") a compiled engine runs at load.
     torch_compile: bool = False
     fuse_qkv: bool = True
     fp8: bool = False
     channels_last_vae: bool = True
     tf32: bool = True
+    warmup_sizes: list[str] = Field(default_factory=lambda: ["1024x1024"])
     shutdown_grace_seconds: float = 60.0
 
     # "text": human-readable lines; "json": one JSON object per line (imagegate.telemetry.logs).
@@ -176,15 +180,23 @@ class Settings(BaseSettings):
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{(self.data_dir / 'media').resolve()}"
 
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _warmup_sizes_parse(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            WarmupSize.parse(size)
+        return sizes
+
     @property
-    def engine_options(self) -> dict[str, bool]:
-        return {
-            "compile": self.torch_compile,
-            "fuse_qkv": self.fuse_qkv,
-            "fp8": self.fp8,
-            "channels_last_vae": self.channels_last_vae,
-            "tf32": self.tf32,
-        }
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(
+            compile=self.torch_compile,
+            fuse_qkv=self.fuse_qkv,
+            fp8=self.fp8,
+            channels_last_vae=self.channels_last_vae,
+            tf32=self.tf32,
+            warmup_sizes=tuple(WarmupSize.parse(size) for size in self.warmup_sizes),
+        )
 
     def model(self, model_id: str) -> ModelSettings:
         return self.models.get(model_id) or ModelSettings()

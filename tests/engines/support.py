@@ -26,14 +26,18 @@ def noop(step: int, total: int) -> None:
 
 
 class Steps:
-    """An engine's ``on_step``: records ``(step, total)`` and cancels the job at ``cancel_at``."""
+    """An engine's ``on_step``: records ``(step, total)`` (and a trainer's losses) and cancels the
+    job at ``cancel_at``."""
 
     def __init__(self, cancel_at: int | None = None) -> None:
         self.seen: list[tuple[int, int]] = []
+        self.losses: list[float] = []
         self.cancel_at = cancel_at
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, step: int, total: int, *, loss: float | None = None) -> None:
         self.seen.append((step, total))
+        if loss is not None:
+            self.losses.append(loss)
         if self.cancel_at is not None and step >= self.cancel_at:
             raise JobCanceledError("canceled by client")
 

@@ -1,10 +1,8 @@
 """Engine speed options (fused QKV, compile, fp8, ...), component sharing between engines over the
-same weights, the overridable acceleration config, and the GPU benchmark's CPU mode."""
+same weights, and the overridable acceleration config."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,14 @@ from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 from PIL import Image
 
 from imagegate.engines import diffusers_base as db
-from imagegate.engines.base import EngineCall, LoraSpec
-from imagegate.engines.diffusers_base import ComponentCache, EngineOptions
+from imagegate.engines.base import EngineCall, LoraSpec, LoraTrainingOptions, QwenImageOptions
+from imagegate.engines.diffusers_base import ComponentCache, EngineOptions, WarmupSize
 from imagegate.engines.flux1 import Flux1TextToImage
 from imagegate.engines.manager import ModelManager
 from imagegate.exceptions import EngineError, InputError
 
 from .support import mean_abs, noop, pixels
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +71,11 @@ def test_options_coerce_and_device_rules():
     cpu = EngineOptions(fp8=True, compile=True).for_device("cpu")
     assert (cpu.fp8, cpu.channels_last_vae, cpu.tf32, cpu.compile, cpu.fuse_qkv) == (False, False, False, True, True)
     assert not any(getattr(EngineOptions.eager(), f) for f in ("compile", "fuse_qkv", "fp8", "channels_last_vae", "tf32"))
+    assert defaults.warmup_sizes == (WarmupSize(1024, 1024),) and EngineOptions.eager().warmup_sizes == ()
+    sizes = EngineOptions.coerce({"warmup_sizes": ["512x768", "1024x1024*4"]}).warmup_sizes
+    assert sizes == (WarmupSize(512, 768), WarmupSize(1024, 1024, 4)) and str(sizes[1]) == "1024x1024*4"
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        EngineOptions.coerce({"warmup_sizes": ["1024 by 1024"]})
 
 
 def test_public_memory_helpers():
@@ -131,7 +133,7 @@ def test_compile_path_with_loras_and_acceleration(flux1_dirs, tmp_path):
     # The eager backend runs torch.compile's Dynamo path without generating code (fast on a CPU).
     source = str(flux1_dirs["t2i"])
     compiled = Flux1TextToImage.load(source, device="cpu", dtype="float32",
-                                     options={"compile": True, "compile_backend": "eager"})
+                                     options={"compile": True, "compile_backend": "eager", "warmup_sizes": ["64x64"]})
     plain = Flux1TextToImage.load(source, device="cpu", dtype="float32")
     try:
         assert compiled.optimisations["compile"] == "on (repeated blocks)"
@@ -206,7 +208,7 @@ def test_flux2_engine_keys_share_one_copy_of_the_weights(flux2_dir):
 
     trainer = engines[3]
     result = trainer(EngineCall(task="train-lora", prompt="cat", images=[Image.new("RGB", (64, 64), "red")],
-                                extra={"steps": 2, "rank": 2, "resolution": 64}), noop)
+                                options=LoraTrainingOptions(steps=2, rank=2, resolution=64)), noop)
     assert result.files and not getattr(t2i_engine.pipe.transformer, "peft_config", None)
     assert t2i_engine.pipe.transformer.transformer_blocks[0].attn.fused_projections  # training ran unfused
     assert t2i_engine(t2i(), noop).images[0].size == (64, 64)
@@ -243,14 +245,14 @@ def test_qwen_image_engines_keep_their_guidance_to_themselves(qwen_dir, tmp_path
     assert edit.pipe.transformer is not text.pipe.transformer and edit.guidance_hook is not text.guidance_hook
     assert text.optimisations["fuse_qkv"].startswith("n/a")
     assert manager.used_bytes == text.memory_bytes + edit.memory_bytes
-    window = {"cfg_range_start": 0.0, "cfg_range_end": 0.5}
+    window = QwenImageOptions(cfg_range_start=0.0, cfg_range_end=0.5)
     guided = dict(negative_prompt="blurry", guidance_scale=4.0, num_inference_steps=4)
-    first = text(t2i(extra=window, **guided), noop)
+    first = text(t2i(options=window, **guided), noop)
     edited = edit(EngineCall(task="edit", prompt="make it blue", images=[Image.new("RGB", (64, 64), "red")],
-                             extra={"image_guidance_scale": 2.0}, **guided), noop)
+                             options=QwenImageOptions(image_guidance_scale=2.0), **guided), noop)
     assert first.info["unconditional_passes_skipped"] == 2 and first.info["cfg_range"] == [0.0, 0.5]
     assert edited.info["unconditional_passes_skipped"] == 0 and edited.info["reference_free_passes"] == 8
-    assert pixels(text(t2i(extra=window, **guided), noop).images[0]).tolist() == pixels(first.images[0]).tolist()
+    assert pixels(text(t2i(options=window, **guided), noop).images[0]).tolist() == pixels(first.images[0]).tolist()
     manager.unload_all()
 
 
@@ -261,46 +263,6 @@ def test_manager_passes_engine_options(flux1_dirs):
     manager.unload_all()
 
 
-# --------------------------------------------------------------------------- benchmarks/gpu.py
-
-
-@pytest.fixture(scope="module")
-def gpu_benchmark():
-    spec = importlib.util.spec_from_file_location("imagegate_gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-
-
-def test_gpu_benchmark_tiny_prints_the_table(gpu_benchmark, capsys):
-    try:
-        assert gpu_benchmark.main(["--tiny", "--models", "flux1-schnell", "--runs", "1"]) == 0
-    finally:
-        torch._dynamo.reset()
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("|")]
-    assert lines[0] == "| model | steps | mode | seconds | peak GPU GiB | speed-up | first call s | notes |"
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-    assert [row[2] for row in rows] == [gpu_benchmark.MODE_LABELS[m] for m in gpu_benchmark.MODES]
-    assert all(row[0] == "FLUX.1 [schnell]" and row[1] == "4" for row in rows)
-    for row in rows[:3]:  # eager, fused, compile ran
-        assert float(row[3]) > 0 and row[5].endswith("x")
-    assert rows[0][5] == "1.00x"
-    assert rows[3][3] == "n/a" and "fp8" in rows[3][7]
-
-
-def test_gpu_benchmark_real_configs_have_the_published_sizes(gpu_benchmark):
-    # Built on the meta device: shapes only, no memory.
-    klein = gpu_benchmark.parameter_counts(gpu_benchmark.MODELS["flux2-klein-4b"].real())
-    assert 3.8e9 < klein["transformer"] < 4.0e9 and 4.0e9 < klein["text_encoder"] < 4.05e9
-    qwen = gpu_benchmark.parameter_counts(gpu_benchmark.MODELS["qwen-image"].real())
-    assert qwen["transformer"] == 20_430_401_088 and 8.2e9 < qwen["text_encoder"] < 8.35e9
-
-
 def test_a_failed_compilation_fails_one_call_then_runs_eagerly(flux1_dirs):
     from torch._dynamo import register_backend
 
@@ -309,7 +271,7 @@ def test_a_failed_compilation_fails_one_call_then_runs_eagerly(flux1_dirs):
         raise RuntimeError("no code for you")
 
     engine = Flux1TextToImage.load(str(flux1_dirs["t2i"]), device="cpu", dtype="float32",
-                                   options={"compile": True, "compile_backend": "imagegate_test_broken"})
+                                   options={"compile": True, "compile_backend": "imagegate_test_broken", "warmup_sizes": []})
     try:
         with pytest.raises(EngineError, match="compilation failed"):
             engine(t2i(), noop)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imagegate.engines.base import EngineCall, LoraSpec
+from imagegate.engines.base import EngineCall, Flux1Options, LoraSpec
 from imagegate.engines.flux1 import Flux1Fill, Flux1ImageToImage, Flux1Kontext, Flux1TextToImage
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
 
@@ -97,12 +97,12 @@ def test_negative_prompt_acts_through_true_cfg(t2i_engine):
     # Without true_cfg_scale a negative prompt cannot act on a guidance-distilled model.
     ignored = t2i_engine(t2i(negative_prompt="blurry"), Steps()).images[0]
     assert np.array_equal(pixels(plain), pixels(ignored))
-    negative = t2i_engine(t2i(negative_prompt="blurry", extra={"true_cfg_scale": 4.0}), Steps())
+    negative = t2i_engine(t2i(negative_prompt="blurry", options=Flux1Options(true_cfg_scale=4.0)), Steps())
     assert negative.info["true_cfg_scale"] == 4.0
     assert mean_abs(plain, negative.images[0]) > 0.5
     # FluxPipeline keeps separate cache contexts per branch, so acceleration combines with it.
     accelerated = t2i_engine(
-        t2i(negative_prompt="blurry", extra={"true_cfg_scale": 4.0}, acceleration="high"), Steps()
+        t2i(negative_prompt="blurry", options=Flux1Options(true_cfg_scale=4.0), acceleration="high"), Steps()
     )
     assert len(accelerated.images) == 1
 
@@ -292,12 +292,12 @@ def test_fill_repaints_only_the_mask(flux1_dirs):
     assert np.abs(out - src)[~inside].mean() < np.abs(out - src)[inside].mean()
     assert np.abs(out - src)[inside].mean() > 5
 
-    raw = engine(EngineCall(**call, extra={"preserve_unmasked": False}), Steps()).images[0]
+    raw = engine(EngineCall(**call, options=Flux1Options(preserve_unmasked=False)), Steps()).images[0]
     # The raw pipeline output agrees with the composite inside the mask.
     assert np.abs(pixels(raw) - out)[inside].mean() < 1
     other_mask = Image.new("L", (64, 64), 0)
     other_mask.paste(255, (0, 0, 32, 64))
-    moved = engine(EngineCall(**{**call, "mask": other_mask}, extra={"preserve_unmasked": False}), Steps())
+    moved = engine(EngineCall(**{**call, "mask": other_mask}, options=Flux1Options(preserve_unmasked=False)), Steps())
     assert mean_abs(raw, moved.images[0]) > 0  # the mask conditions the transformer
     with pytest.raises(InputError, match="mask"):
         engine(EngineCall(**{**call, "mask": None}), Steps())
@@ -323,5 +323,5 @@ def test_kontext_edit_keeps_input_size_and_honours_small_sizes(flux1_dirs):
         engine(EngineCall(**{**call, "images": [source, source]}), Steps())
     # Kontext's loop shares one cache state between the CFG branches: refused, not silently wrong.
     with pytest.raises(InputError, match="acceleration"):
-        engine(EngineCall(**call, negative_prompt="blur", extra={"true_cfg_scale": 2.0}, acceleration="regular"),
+        engine(EngineCall(**call, negative_prompt="blur", options=Flux1Options(true_cfg_scale=2.0), acceleration="regular"),
                Steps())

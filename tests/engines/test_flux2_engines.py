@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from imagegate.engines import flux2 as f2
-from imagegate.engines.base import EngineCall, LoraSpec
+from imagegate.engines.base import EngineCall, Flux2Options, LoraSpec
 from imagegate.engines.registry import resolve_factory
 from imagegate.exceptions import InputError, JobCanceledError, WeightsNotFoundError
 
@@ -164,7 +164,7 @@ def test_edit_output_size_rules(edit):
     # Explicit size wins over the reference's...
     assert edit(edit_call([wide], width=64, height=64), Steps()).images[0].size == (64, 64)
     # ...unless the client asked to match the input image.
-    assert edit(edit_call([wide], extra={"match_input_image": True}), Steps()).images[0].size == (160, 96)
+    assert edit(edit_call([wide], options=Flux2Options(match_input_image=True)), Steps()).images[0].size == (160, 96)
     # No size at all: the first reference's.
     assert edit(edit_call([wide], width=None, height=None), Steps()).images[0].size == (160, 96)
     # One side: the other follows the reference's aspect ratio.
@@ -266,15 +266,15 @@ def test_cancel_stops_and_removes_cache_hooks(relight):
 
 def test_klein_turbo_and_default_steps(klein_t2i, dirs):
     base_default = klein_t2i.pipeline_kwargs(call(num_inference_steps=None))
-    base_turbo = klein_t2i.pipeline_kwargs(call(num_inference_steps=None, extra={"turbo": True}))
+    base_turbo = klein_t2i.pipeline_kwargs(call(num_inference_steps=None, options=Flux2Options(turbo=True)))
     assert base_default["num_inference_steps"] == f2.KLEIN_STEPS[(False, False)] == 50
     assert base_turbo["num_inference_steps"] == f2.KLEIN_STEPS[(False, True)] == 28
     distilled = load("flux2-klein.text-to-image", dirs["klein-distilled"])
     assert distilled.pipeline_kwargs(call(num_inference_steps=None))["num_inference_steps"] == 8
-    turbo = distilled(call(num_inference_steps=None, extra={"turbo": True}), Steps())
+    turbo = distilled(call(num_inference_steps=None, options=Flux2Options(turbo=True)), Steps())
     assert turbo.info["steps_run"] == 4 and turbo.info["turbo"] is True
     # Explicit steps win over turbo.
-    assert distilled.pipeline_kwargs(call(num_inference_steps=6, extra={"turbo": True}))["num_inference_steps"] == 6
+    assert distilled.pipeline_kwargs(call(num_inference_steps=6, options=Flux2Options(turbo=True)))["num_inference_steps"] == 6
     # Step-distilled [klein] ignores guidance; there is no second branch to steer.
     a = distilled(call(guidance_scale=1.0), Steps())
     b = distilled(call(guidance_scale=4.0, negative_prompt="blurry"), Steps())
@@ -305,7 +305,7 @@ def test_klein_multi_reference_editing(klein_edit):
     red, blue, grad = solid((220, 30, 30)), solid((30, 30, 220)), gradient()
     outputs = {}
     for name, refs in {"r": [red], "b": [blue], "rg": [red, grad], "rgb": [red, grad, blue]}.items():
-        result = klein_edit(edit_call(refs, guidance_scale=1.0, extra={"turbo": True}), Steps())
+        result = klein_edit(edit_call(refs, guidance_scale=1.0, options=Flux2Options(turbo=True)), Steps())
         assert result.info["references"] == len(refs) and result.images[0].size == (64, 64)
         outputs[name] = result.images[0]
     assert mean_abs(outputs["r"], outputs["b"]) > 0.3
@@ -315,7 +315,7 @@ def test_klein_multi_reference_editing(klein_edit):
         klein_edit(edit_call([red, grad, blue, red]), Steps())
     with pytest.raises(InputError, match="1 to 3"):
         klein_edit(edit_call([]), Steps())
-    matched = klein_edit(edit_call([gradient(96, 64)], extra={"match_input_image": True}), Steps())
+    matched = klein_edit(edit_call([gradient(96, 64)], options=Flux2Options(match_input_image=True)), Steps())
     assert matched.images[0].size == (96, 64)
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
-from imagegate.engines.base import EngineCall, LoraSpec
+from imagegate.engines.base import EngineCall, LoraSpec, LoraTrainingOptions
 from imagegate.engines.lora_trainer import LORA_CONTENT_TYPE, LORA_FILENAME, Flux2LoraTrainer
 from imagegate.engines.registry import resolve_factory
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
@@ -49,9 +49,9 @@ def subject(width: int = 64, height: int = 64) -> Image.Image:
     return Image.fromarray(np.stack([x, y, np.full_like(x, 90)], axis=2).astype(np.uint8))
 
 
-def train_call(images=None, **extra) -> EngineCall:
-    options = {"steps": STEPS, "learning_rate": LEARNING_RATE, "rank": 4, **extra}
-    return EngineCall(task="train-lora", prompt=TRIGGER, images=images or [subject()], seed=0, extra=options)
+def train_call(images=None, **options) -> EngineCall:
+    options = LoraTrainingOptions(**{"steps": STEPS, "learning_rate": LEARNING_RATE, "rank": 4, **options})
+    return EngineCall(task="train-lora", prompt=TRIGGER, images=images or [subject()], seed=0, options=options)
 
 
 def flow_matching_loss(pipe, image: Image.Image) -> float:
@@ -82,6 +82,8 @@ def test_registry_key():
 def test_training_reports_every_step_and_returns_a_lora_file(trained, trainer):
     result, steps = trained
     assert steps.seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+    # Every step reports its loss (the event stream shows it as the job's progress).
+    assert len(steps.losses) == STEPS and all(loss > 0 for loss in steps.losses)
     assert result.images == []
     [(name, data, content_type)] = result.files
     assert (name, content_type) == (LORA_FILENAME, LORA_CONTENT_TYPE)
@@ -167,10 +169,6 @@ def test_out_of_memory_becomes_engine_error(trainer, monkeypatch):
     "change, field",
     [
         ({"images": []}, "images"),
-        ({"extra": {"steps": 0}}, "steps"),
-        ({"extra": {"steps": 2.5}}, "steps"),
-        ({"extra": {"learning_rate": 0}}, "learning_rate"),
-        ({"extra": {"learning_rate": "fast"}}, "learning_rate"),
         ({"task": "text-to-image"}, "task"),
         ({"images": [Image.new("RGB", (32, 32))]}, "images"),
     ],
@@ -178,10 +176,7 @@ def test_out_of_memory_becomes_engine_error(trainer, monkeypatch):
 def test_invalid_requests(trainer, change, field):
     call = train_call()
     for key, value in change.items():
-        if key == "extra":
-            call.extra.update(value)
-        else:
-            setattr(call, key, value)
+        setattr(call, key, value)
     with pytest.raises(InputError, match=field):
         trainer(call, Steps())
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from imagegate.engines import qwen_image as qi
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import EngineCall, QwenImageOptions
 from imagegate.engines.registry import resolve_factory
-from imagegate.exceptions import InputError, JobCanceledError, WeightsNotFoundError
+from imagegate.exceptions import InputError, JobCanceledError, ValidationError, WeightsNotFoundError
 
 from .support import gradient, mean_abs, same, Steps
 
@@ -53,7 +53,7 @@ def call(**overrides) -> EngineCall:
 
 
 def window(start: float, end: float, **overrides) -> EngineCall:
-    return call(extra={"cfg_range_start": start, "cfg_range_end": end}, **overrides)
+    return call(options=QwenImageOptions(cfg_range_start=start, cfg_range_end=end), **overrides)
 
 
 def count_block_calls(engine, monkeypatch) -> list[int]:
@@ -151,12 +151,15 @@ def test_cfg_range_with_batches_and_acceleration(t2i):
     assert same(t2i(window(0.0, 0.5), Steps()).images[0], single)
 
 
-def test_cfg_range_validation(t2i):
-    for start, end in [(0.6, 0.4), (-0.1, 0.5), (0.0, 1.5)]:
-        with pytest.raises(InputError, match="cfg_range"):
-            t2i(window(start, end), Steps())
-    with pytest.raises(InputError, match="cfg_range"):
-        t2i(call(extra={"cfg_range_start": "soon"}), Steps())
+def test_cfg_range_is_validated_once_by_the_catalog():
+    from imagegate.catalog import MODELS
+
+    spec = MODELS["boogu-image"]
+    for start, end in [(0.6, 0.4), (-0.1, 0.5), (0.0, 1.5), ("soon", 1.0)]:
+        with pytest.raises(ValidationError, match="cfg_range"):
+            spec.validate({"prompt": PROMPT, "cfg_range_start": start, "cfg_range_end": end})
+    params = spec.validate({"prompt": PROMPT, "cfg_range_start": 0.25, "cfg_range_end": 0.75, "seed": 1})
+    assert spec.build_call(params, {}).options == QwenImageOptions(cfg_range_start=0.25, cfg_range_end=0.75)
 
 
 def test_cancel_mid_window_leaves_the_hook_reusable(t2i):
@@ -189,7 +192,7 @@ def test_edit_with_unit_image_guidance_is_the_plain_pipeline(edit, edit_checkpoi
     from diffusers import QwenImageEditPlusPipeline
 
     source = gradient(96, 64)
-    ours = edit(edit_call(images=[source], extra={"image_guidance_scale": 1.0}), Steps())
+    ours = edit(edit_call(images=[source], options=QwenImageOptions(image_guidance_scale=1.0)), Steps())
     assert ours.info["reference_free_passes"] == 0 and ours.images[0].size == (96, 64)
     plain = QwenImageEditPlusPipeline.from_pretrained(
         str(edit_checkpoint), **qi.QwenImageEdit.load_components(str(edit_checkpoint)))
@@ -201,14 +204,15 @@ def test_edit_with_unit_image_guidance_is_the_plain_pipeline(edit, edit_checkpoi
 
 
 def test_image_guidance_runs_reference_free_passes_and_grows_with_the_scale(edit):
-    results = {scale: edit(edit_call(extra={"image_guidance_scale": scale}), Steps()) for scale in (1.0, 2.0, 8.0)}
+    results = {scale: edit(edit_call(options=QwenImageOptions(image_guidance_scale=scale)), Steps())
+               for scale in (1.0, 2.0, 8.0)}
     # 3 steps x 2 branches (true CFG), one extra pass each when the scale is above 1.
     assert [results[s].info["reference_free_passes"] for s in (1.0, 2.0, 8.0)] == [0, 6, 6]
     assert [results[s].info["image_guidance_scale"] for s in (1.0, 2.0, 8.0)] == [1.0, 2.0, 8.0]
     near, far = mean_abs(results[1.0].images[0], results[2.0].images[0]), mean_abs(
         results[1.0].images[0], results[8.0].images[0])
     assert 0.5 < near < far
-    again = edit(edit_call(extra={"image_guidance_scale": 8.0}), Steps())
+    again = edit(edit_call(options=QwenImageOptions(image_guidance_scale=8.0)), Steps())
     assert same(again.images[0], results[8.0].images[0])
 
 
@@ -242,7 +246,7 @@ def test_edit_sizes_guidance_and_validation(edit):
     sized = edit(edit_call(images=[source], width=64, height=64, num_images=2, guidance_scale=1.0), Steps())
     assert [im.size for im in sized.images] == [(64, 64), (64, 64)]
     guided = edit(edit_call(images=[source], negative_prompt="blurry", num_inference_steps=4,
-                            extra={"cfg_range_start": 0.0, "cfg_range_end": 0.5, "image_guidance_scale": 2.0}),
+                            options=QwenImageOptions(cfg_range_start=0.0, cfg_range_end=0.5, image_guidance_scale=2.0)),
                   Steps())
     # Steps 2 and 3 fall outside the window: their unconditional pass (and its reference-free
     # companion) is skipped.
@@ -250,11 +254,8 @@ def test_edit_sizes_guidance_and_validation(edit):
     assert mean_abs(kept.images[0], guided.images[0]) > 0.3
     with pytest.raises(InputError, match="image"):
         edit(edit_call(images=[source, source]), Steps())
-    for bad in (0.5, 9, "x"):
-        with pytest.raises(InputError, match="image_guidance_scale"):
-            edit(edit_call(extra={"image_guidance_scale": bad}), Steps())
     with pytest.raises(InputError, match="acceleration"):
-        edit(edit_call(acceleration="regular", extra={"image_guidance_scale": 2.0}), Steps())
+        edit(edit_call(acceleration="regular", options=QwenImageOptions(image_guidance_scale=2.0)), Steps())
     with pytest.raises(InputError, match="task"):
         edit(EngineCall(task="text-to-image", prompt="x"), Steps())
 

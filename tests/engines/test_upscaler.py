@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import MEGAPIXEL, EngineCall, UpscaleOptions
 from imagegate.engines.upscaler import (
     BUILTIN_MODELS,
     CPU_TILE_SIZE,
     MAX_OUTPUT_PIXELS,
-    MEGAPIXEL,
     TILE_PAD,
     PassPlan,
     RealEsrganUpscaler,
@@ -51,8 +50,8 @@ def photo() -> Image.Image:
         return image.convert("RGB")
 
 
-def _call(image: Image.Image, seed: int = 0, **extra: object) -> EngineCall:
-    return EngineCall(task="upscale", images=[image], seed=seed, extra=dict(extra))
+def _call(image: Image.Image, seed: int = 0, **options: object) -> EngineCall:
+    return EngineCall(task="upscale", images=[image], seed=seed, options=UpscaleOptions(**options))
 
 
 def _run(engine: RealEsrganUpscaler, call: EngineCall) -> tuple[Image.Image, list[tuple[int, int]], dict]:
@@ -337,10 +336,6 @@ def test_non_rgb_input_is_converted(engine: RealEsrganUpscaler, photo: Image.Ima
 def test_input_errors(engine: RealEsrganUpscaler, photo: Image.Image) -> None:
     with pytest.raises(InputError, match="image"):
         engine(EngineCall(task="upscale"), lambda s, t: None)
-    with pytest.raises(InputError, match="upscale_mode"):
-        engine(_call(photo, upscale_mode="double"), lambda s, t: None)
-    with pytest.raises(InputError, match="factor"):
-        engine(_call(photo, upscale_mode="factor", factor=9), lambda s, t: None)
     with pytest.raises(InputError, match="task"):
         engine(EngineCall(task="text-to-image", images=[photo]), lambda s, t: None)
 

@@ -21,7 +21,7 @@ def expect(data: bytes, words: str, limits: DatasetLimits = LIMITS, min_images: 
     with pytest.raises(InputError) as info:
         read_dataset(data, field=FIELD, limits=limits, min_images=min_images)
     assert info.value.field == FIELD
-    assert words in info.value.message, info.value.message
+    assert words in info.value.reason, info.value.reason
     return info.value
 
 
@@ -66,7 +66,7 @@ def test_the_total_pixel_budget_is_checked_from_the_headers_before_decoding() ->
     good = bilevel_png(5000, 5000)
     broken = good[: len(good) // 2] + b"\0" * 64
     error = expect(zip_of({"1.png": good, "2.png": good, "3.png": broken}), "pixel limit for a dataset")
-    assert "75,000,000" in error.message
+    assert "75,000,000" in error.reason
 
 
 def test_one_image_over_the_pixel_limit_is_named() -> None:

@@ -72,7 +72,7 @@ def test_invalid_files_fail_naming_the_field_and_leave_nothing(
     cache = LoraCache(tmp_path / "loras", 10 * MiB)
     with pytest.raises(InputError) as info:
         cache.fetch_all(fetcher, [(serve(http_server, data), "loras[0].path")])
-    assert info.value.field == "loras[0].path" and words in info.value.message, info.value.message
+    assert info.value.field == "loras[0].path" and words in info.value.reason, info.value.reason
     assert cached(cache.directory) == []
 
 

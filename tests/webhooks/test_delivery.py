@@ -457,3 +457,20 @@ def test_an_event_recorded_by_an_older_release_is_sent_with_its_stored_body(sqli
     (got,) = receiver.wait_for(1)
     assert got.body == legacy
     verify(kit.key.webhook_secret, got.headers, got.body)
+
+
+def test_the_idle_deliverer_wakes_for_new_events_and_for_due_retries(sqlite_store: JobStore, kit_factory: KitFactory, receiver: Receiver) -> None:
+    """Without a fixed poll, the deliverer sleeps until an event is announced or a retry is due,
+    whatever its (here: long) fallback poll says."""
+    kit = kit_factory(sqlite_store, poll_fallback_seconds=60)
+    receiver.script = [Reply(503), Reply(200)]
+    kit.deliverer(poll_interval=None)
+    time.sleep(0.5)  # idle, asleep on a 60 s fallback
+    started = time.time()  # the receiver stamps arrivals with the wall clock
+    job = kit.submit(receiver.url())
+    kit.run(job)
+    first, second = receiver.wait_for(2, timeout=20)
+    assert first.at - started < 2.0, "a new event waited for the fallback poll"
+    # The retry went out when it was due (FAST's first backoff), not a minute later.
+    assert second.at - first.at < 5.0
+    kit.wait_state(job.id, "completed", DELIVERED)

@@ -15,7 +15,8 @@ from typing import Any, Callable, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import NATIVE_AREA, EngineCall
+from imagegate.engines.keys import EngineKey
 from imagegate.exceptions import ValidationError
 
 
@@ -83,7 +84,7 @@ class ModelSpec:
     title: str
     family: str
     task: str
-    engine_key: str
+    engine_key: EngineKey
     default_weights: str  # hub id of the recommended open weights
     schema: type[RequestSchema]
     routes: list[Route]
@@ -238,9 +239,6 @@ def round16(value: float) -> int:
     return max(16, int(round(value / 16.0)) * 16)
 
 
-MEGAPIXEL = 1024 * 1024
-
-
 def fit_pixels(size: tuple[int, int], pixels: float, *, upscale: bool) -> tuple[int, int]:
     """An input image's size scaled to about ``pixels`` (aspect kept, sides multiples of 16);
     with ``upscale=False`` a smaller image keeps its size."""
@@ -251,10 +249,10 @@ def fit_pixels(size: tuple[int, int], pixels: float, *, upscale: bool) -> tuple[
     return round16(w * scale), round16(h * scale)
 
 
-def size_for_aspect(aspect: str, megapixels: float) -> tuple[int, int]:
-    """'16:9' at ~N megapixels -> (w, h), both multiples of 16."""
+def size_for_aspect(aspect: str, areas: float) -> tuple[int, int]:
+    """'16:9' at ``areas`` times the models' native area (1024x1024) -> (w, h), multiples of 16."""
     a, b = (int(x) for x in aspect.split(":"))
-    pixels = megapixels * 1_000_000 if megapixels > 16 else megapixels * 1024 * 1024
+    pixels = areas * NATIVE_AREA
     height = math.sqrt(pixels * b / a)
     return round16(height * a / b), round16(height)
 

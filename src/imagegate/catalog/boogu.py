@@ -32,20 +32,19 @@ from imagegate.catalog.fields import (
     ranged_int,
     resolve_image_size,
 )
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import MEGAPIXEL, NATIVE_AREA, EngineCall, QwenImageOptions
+from imagegate.engines.keys import EngineKey
 
 WEIGHTS = "Qwen/Qwen-Image"
 EDIT_WEIGHTS = "Qwen/Qwen-Image-Edit-2509"
 
-# Row 3 prices in credits: 1 credit for a 1K image, 2K sizes per megapixel (rounded up).
-ONE_K_PIXELS = 1024 * 1024
-
-
+# Row 3 prices in credits: 1 credit for a 1K image (up to 1024x1024), 2K sizes per megapixel
+# (rounded up).
 def credits_for(width: int, height: int) -> int:
     pixels = width * height
-    if pixels <= ONE_K_PIXELS:
+    if pixels <= NATIVE_AREA:
         return 1
-    return -(-pixels // 1_000_000)
+    return -(-pixels // MEGAPIXEL)
 
 
 class BooguImageRequest(RequestSchema):
@@ -97,7 +96,11 @@ def _common(p: dict[str, Any]) -> dict[str, Any]:
         num_inference_steps=p.get("num_inference_steps", 30),
         guidance_scale=p["guidance_scale"],
         seed=p["seed"],
-        extra={"cfg_range_start": p.get("cfg_range_start", 0.0), "cfg_range_end": p.get("cfg_range_end", 1.0)},
+        options=QwenImageOptions(
+            cfg_range_start=p.get("cfg_range_start", 0.0),
+            cfg_range_end=p.get("cfg_range_end", 1.0),
+            image_guidance_scale=p.get("image_guidance_scale", 1.0),
+        ),
     )
 
 
@@ -106,9 +109,7 @@ def image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
 
 
 def edit_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
-    call = EngineCall(task="edit", images=[inputs["image_url"]], **_common(p))
-    call.extra["image_guidance_scale"] = p.get("image_guidance_scale", 1.0)
-    return call
+    return EngineCall(task="edit", images=[inputs["image_url"]], **_common(p))
 
 
 def output(p: dict[str, Any]) -> OutputOptions:
@@ -128,7 +129,7 @@ MODELS = [
         title="Boogu Image (served by Qwen-Image)",
         family="qwen-image",
         task="text-to-image",
-        engine_key="qwen-image.text-to-image",
+        engine_key=EngineKey.QWEN_IMAGE_TEXT_TO_IMAGE,
         default_weights=WEIGHTS,
         schema=BooguImageRequest,
         routes=[Route("/boogu-image/v1/boogu-image-request", Protocol.QUEUE)],
@@ -141,7 +142,7 @@ MODELS = [
         title="Boogu Image Edit (instruction editing)",
         family="qwen-image",
         task="edit",
-        engine_key="qwen-image.edit",
+        engine_key=EngineKey.QWEN_IMAGE_EDIT,
         default_weights=EDIT_WEIGHTS,
         schema=BooguImageEditRequest,
         routes=[

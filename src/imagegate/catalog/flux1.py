@@ -11,7 +11,6 @@ from typing import Any, Literal
 from pydantic import field_validator
 
 from imagegate.catalog.base import (
-    MEGAPIXEL,
     Auth,
     InputKind,
     ModelSpec,
@@ -36,13 +35,14 @@ from imagegate.catalog.fields import (
     resolve_image_size,
 )
 from imagegate.catalog.prompts import enhance, sanitize
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import NATIVE_AREA, RESTORE_PROMPT, EngineCall
+from imagegate.engines.keys import EngineKey
 
 DEV_WEIGHTS = "black-forest-labs/FLUX.1-dev"
 SCHNELL_WEIGHTS = "black-forest-labs/FLUX.1-schnell"
 
-# FLUX1.1 [pro] ultra renders "up to 2K": about two megapixels for every aspect ratio.
-ULTRA_MEGAPIXELS = 2.0
+# FLUX1.1 [pro] ultra renders "up to 2K": about twice the native 1024x1024 area for every aspect ratio.
+ULTRA_AREAS = 2.0
 # `raw` asks for less processed images: a lower distilled guidance gives flatter, more natural
 # contrast and colour on FLUX.1 [dev]; the default is the model card's 3.5.
 ULTRA_GUIDANCE = 3.5
@@ -130,7 +130,7 @@ class FluxImg2ImgRequest(FluxDevRequest):
 
 def img2img_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image_url"]
-    width, height = fit_pixels(image.size, 2 * MEGAPIXEL, upscale=False)
+    width, height = fit_pixels(image.size, 2 * NATIVE_AREA, upscale=False)
     return EngineCall(
         task="image-to-image",
         prompt=p["prompt"],
@@ -171,7 +171,7 @@ class FluxUltraRequest(RequestSchema):
 
 
 def ultra_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
-    width, height = size_for_aspect(p["aspect_ratio"], ULTRA_MEGAPIXELS)
+    width, height = size_for_aspect(p["aspect_ratio"], ULTRA_AREAS)
     prompt = enhance(p["prompt"]) if p["enhance_prompt"] and not p["raw"] else p["prompt"]
     return EngineCall(
         task="text-to-image",
@@ -215,9 +215,9 @@ class FluxFillRequest(RequestSchema):
 def fill_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image"]
     if p["megapixels"] == "match_input":
-        width, height = fit_pixels(image.size, 4 * MEGAPIXEL, upscale=False)
+        width, height = fit_pixels(image.size, 4 * NATIVE_AREA, upscale=False)
     else:
-        width, height = fit_pixels(image.size, float(p["megapixels"]) * MEGAPIXEL, upscale=True)
+        width, height = fit_pixels(image.size, float(p["megapixels"]) * NATIVE_AREA, upscale=True)
     return EngineCall(
         task="inpaint",
         prompt=p["prompt"],
@@ -229,7 +229,6 @@ def fill_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
         num_inference_steps=p["num_inference_steps"],
         guidance_scale=p["guidance"],
         seed=p["seed"],
-        extra={"lora_scale": p["lora_scale"]},
     )
 
 
@@ -238,12 +237,6 @@ def fill_output(p: dict[str, Any]) -> OutputOptions:
 
 
 # -- flux-kontext-restore-image (row 10) -----------------------------------------------------------------
-
-RESTORE_PROMPT = (
-    "Restore this photo: remove scratches, dust, tears and noise, repair damaged areas, sharpen "
-    "details and recover natural colours, keeping the people, composition and identity unchanged"
-)
-
 
 class KontextRestoreRequest(WebhookFields, RequestSchema):
     input_image: ImageUrl
@@ -254,7 +247,7 @@ class KontextRestoreRequest(WebhookFields, RequestSchema):
 
 def restore_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["input_image"]
-    width, height = fit_pixels(image.size, MEGAPIXEL, upscale=False)
+    width, height = fit_pixels(image.size, NATIVE_AREA, upscale=False)
     return EngineCall(
         task="restore",
         prompt=RESTORE_PROMPT,
@@ -277,7 +270,7 @@ MODELS = [
         title="FLUX.1 Kontext photo restoration",
         family="flux1",
         task="restore",
-        engine_key="flux1.kontext",
+        engine_key=EngineKey.FLUX1_KONTEXT,
         default_weights="black-forest-labs/FLUX.1-Kontext-dev",
         schema=KontextRestoreRequest,
         routes=[Route("/flux-kontext-restore-image/v1/flux-kontext-restore-image/generate", Protocol.QUEUE)],
@@ -291,7 +284,7 @@ MODELS = [
         title="FLUX1.1 [pro] ultra (served by FLUX.1 [dev])",
         family="flux1",
         task="text-to-image",
-        engine_key="flux1.text-to-image",
+        engine_key=EngineKey.FLUX1_TEXT_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=FluxUltraRequest,
         routes=[Route("/pro1.1/v1/pro1.1ultra/generateRequest", Protocol.QUEUE)],
@@ -304,7 +297,7 @@ MODELS = [
         title="FLUX.1 [schnell]",
         family="flux1",
         task="text-to-image",
-        engine_key="flux1.text-to-image",
+        engine_key=EngineKey.FLUX1_TEXT_TO_IMAGE,
         default_weights=SCHNELL_WEIGHTS,
         schema=SchnellRequest,
         routes=[
@@ -326,7 +319,7 @@ MODELS = [
         title="FLUX.1 [pro] text-to-image (served by FLUX.1 [dev])",
         family="flux1",
         task="text-to-image",
-        engine_key="flux1.text-to-image",
+        engine_key=EngineKey.FLUX1_TEXT_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=FluxT2IRequest,
         routes=[Route("/flux-pro/v1/pro/textToImage", Protocol.QUEUE)],
@@ -340,7 +333,7 @@ MODELS = [
         title="FLUX.1 [dev] image-to-image",
         family="flux1",
         task="image-to-image",
-        engine_key="flux1.image-to-image",
+        engine_key=EngineKey.FLUX1_IMAGE_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=FluxImg2ImgRequest,
         routes=[Route("/flux-dev/v1/dev/imageToImage", Protocol.QUEUE)],
@@ -354,7 +347,7 @@ MODELS = [
         title="FLUX.1 [dev] text-to-image",
         family="flux1",
         task="text-to-image",
-        engine_key="flux1.text-to-image",
+        engine_key=EngineKey.FLUX1_TEXT_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=FluxDevRequest,
         routes=[Route("/flux-dev/v1/dev/textToImage", Protocol.QUEUE)],
@@ -367,7 +360,7 @@ MODELS = [
         title="FLUX.1 Fill [dev] inpainting",
         family="flux1",
         task="inpaint",
-        engine_key="flux1.fill",
+        engine_key=EngineKey.FLUX1_FILL,
         default_weights="black-forest-labs/FLUX.1-Fill-dev",
         schema=FluxFillRequest,
         routes=[Route("/flux-fill-dev/v1/flux-fill/generate", Protocol.QUEUE)],

@@ -8,7 +8,6 @@ from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, field_val
 
 from imagegate.catalog.base import (
     FLUX2_SIZE_PRESETS,
-    MEGAPIXEL,
     Auth,
     InputKind,
     ModelSpec,
@@ -30,7 +29,8 @@ from imagegate.catalog.fields import (
     resolve_image_size,
 )
 from imagegate.catalog.prompts import sanitize
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import NATIVE_AREA, EngineCall, LoraTrainingOptions
+from imagegate.engines.keys import EngineKey
 
 DEV_WEIGHTS = "black-forest-labs/FLUX.2-dev"
 KLEIN_WEIGHTS = "black-forest-labs/FLUX.2-klein-4B"
@@ -67,7 +67,7 @@ class Flux2EditRequest(RequestSchema):
 def edit_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     image = inputs["image_urls"][0]  # the seed: only the first image is processed
     if p["image_size"] == "auto":
-        width, height = fit_pixels(image.size, 2 * MEGAPIXEL, upscale=False)
+        width, height = fit_pixels(image.size, 2 * NATIVE_AREA, upscale=False)
     else:
         width, height = (int(x) for x in p["image_size"].split("x"))
     return EngineCall(
@@ -117,7 +117,7 @@ def train_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
         prompt=p["trigger_word"],
         images=list(inputs["image_data_url"]),
         seed=0,
-        extra={"steps": p["steps"], "learning_rate": p["learning_rate"]},
+        options=LoraTrainingOptions(steps=p["steps"], learning_rate=p["learning_rate"]),
     )
 
 
@@ -199,7 +199,7 @@ MODELS = [
         title="FLUX.2 image editing (served by FLUX.2 [dev])",
         family="flux2",
         task="edit",
-        engine_key="flux2.edit",
+        engine_key=EngineKey.FLUX2_EDIT,
         default_weights=DEV_WEIGHTS,
         schema=Flux2EditRequest,
         routes=[Route("/flux-2-pro-image-to-image-866/v1/flux-2-pro-image-to-image-request", Protocol.QUEUE)],
@@ -213,7 +213,7 @@ MODELS = [
         title="FLUX.2 LoRA trainer from a reference image",
         family="flux2",
         task="train-lora",
-        engine_key="flux2.train-lora",
+        engine_key=EngineKey.FLUX2_TRAIN_LORA,
         default_weights=DEV_WEIGHTS,
         schema=TrainerRequest,
         routes=[
@@ -229,7 +229,7 @@ MODELS = [
         title="FLUX.2 text-to-image (served by FLUX.2 [dev])",
         family="flux2",
         task="text-to-image",
-        engine_key="flux2.text-to-image",
+        engine_key=EngineKey.FLUX2_TEXT_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=Flux2T2IRequest,
         routes=[Route("/flux-2-pro-text-to-image-799/v1/flux-2-pro-text-to-image-request", Protocol.QUEUE)],
@@ -242,7 +242,7 @@ MODELS = [
         title="FLUX.2 LoRA trainer from a dataset (zip of at least 10 images)",
         family="flux2",
         task="train-lora",
-        engine_key="flux2.train-lora",
+        engine_key=EngineKey.FLUX2_TRAIN_LORA,
         default_weights=DEV_WEIGHTS,
         schema=TrainerRequest,
         routes=[
@@ -258,7 +258,7 @@ MODELS = [
         title="FLUX.2 [klein] 4B",
         family="flux2",
         task="text-to-image",
-        engine_key="flux2-klein.text-to-image",
+        engine_key=EngineKey.FLUX2_KLEIN_TEXT_TO_IMAGE,
         default_weights=KLEIN_WEIGHTS,
         schema=KleinRequest,
         routes=[Route("/flux-2-klein-4b/v1/generateImage", Protocol.SYNC_OUTPUT)],
@@ -272,7 +272,7 @@ MODELS = [
         title="FLUX.2 [dev] text-to-image",
         family="flux2",
         task="text-to-image",
-        engine_key="flux2.text-to-image",
+        engine_key=EngineKey.FLUX2_TEXT_TO_IMAGE,
         default_weights=DEV_WEIGHTS,
         schema=Flux2DevRequest,
         routes=[Route("/generateT2I", Protocol.SYNC_OUTPUT, Auth.SECRET)],

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from imagegate.catalog.base import (
-    MEGAPIXEL,
     InputKind,
     ModelSpec,
     OutputOptions,
@@ -19,10 +18,9 @@ from imagegate.catalog.base import (
     usd,
 )
 from imagegate.catalog.fields import Bool, ImageUrl, Prompt, Seed, WebhookFields, ranged_float, ranged_int
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import MEGAPIXEL, NATIVE_AREA, EngineCall, Flux2Options, UpscaleOptions
+from imagegate.engines.keys import EngineKey
 
-MAX_UPSCALE_MEGAPIXELS = 8
-FOUR_MP = 4 * 1_000_000
 
 
 class UpscaleRequest(RequestSchema):
@@ -38,14 +36,14 @@ class UpscaleRequest(RequestSchema):
 
 
 def upscale_price_for_pixels(pixels: int) -> int:
-    return usd("0.005") if pixels <= FOUR_MP else usd("0.01")
+    return usd("0.005") if pixels <= 4 * MEGAPIXEL else usd("0.01")
 
 
 def upscale_price(p: dict[str, Any]) -> int:
     # Target mode knows its output size now; factor mode depends on the input's size, so the
     # most it can cost is held and the exact price is settled when the job completes.
     if p["upscale_mode"] == "target":
-        return upscale_price_for_pixels(p["target"] * 1_000_000)
+        return upscale_price_for_pixels(p["target"] * MEGAPIXEL)
     return usd("0.01")
 
 
@@ -58,13 +56,13 @@ def upscale_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     return EngineCall(
         task="upscale",
         images=[inputs["image"]],
-        extra={
-            "upscale_mode": p["upscale_mode"],
-            "target": p["target"],
-            "factor": p["factor"],
-            "enhance_details": p["enhance_details"],
-            "enhance_realism": p["enhance_realism"],
-        },
+        options=UpscaleOptions(
+            upscale_mode=p["upscale_mode"],
+            target=p["target"],
+            factor=p["factor"],
+            enhance_details=p["enhance_details"],
+            enhance_realism=p["enhance_realism"],
+        ),
     )
 
 
@@ -80,7 +78,7 @@ class PImageRequest(WebhookFields, RequestSchema):
 def p_image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     images = inputs["images"]
     if p["aspect_ratio"] == "match_input_image":
-        width, height = fit_pixels(images[0].size, MEGAPIXEL, upscale=True)
+        width, height = fit_pixels(images[0].size, NATIVE_AREA, upscale=True)
     else:
         width, height = size_for_aspect(p["aspect_ratio"], 1.0)
     return EngineCall(
@@ -91,7 +89,7 @@ def p_image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
         height=height,
         seed=p["seed"],
         guidance_scale=1.0,
-        extra={"turbo": p["turbo"]},
+        options=Flux2Options(turbo=p["turbo"]),
     )
 
 
@@ -101,7 +99,7 @@ MODELS = [
         title="P-Image Upscale (Real-ESRGAN x4plus)",
         family="realesrgan",
         task="upscale",
-        engine_key="realesrgan.upscale",
+        engine_key=EngineKey.REALESRGAN_UPSCALE,
         default_weights="builtin:realesrgan-x4plus",
         schema=UpscaleRequest,
         routes=[Route("/p-image-upscale/v1/p-image-upscale/generate", Protocol.QUEUE)],
@@ -119,7 +117,7 @@ MODELS = [
         title="P-Image multi-image editing (served by FLUX.2 [klein] 4B)",
         family="flux2",
         task="edit",
-        engine_key="flux2-klein.edit",
+        engine_key=EngineKey.FLUX2_KLEIN_EDIT,
         default_weights="black-forest-labs/FLUX.2-klein-4B",
         schema=PImageRequest,
         routes=[Route("/p-image/v1/p-image-edit/generate", Protocol.QUEUE)],

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StrictStr
 
-from imagegate.catalog.base import MEGAPIXEL, InputKind, ModelSpec, OutputOptions, Protocol, RequestSchema, Route, fit_pixels
+from imagegate.catalog.base import InputKind, ModelSpec, OutputOptions, Protocol, RequestSchema, Route, fit_pixels
 from imagegate.catalog.fields import (
     Bool,
     ImageUrl,
@@ -21,7 +21,8 @@ from imagegate.catalog.fields import (
     ranged_int,
     resolve_image_size,
 )
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import NATIVE_AREA, EngineCall, Flux2Options
+from imagegate.engines.keys import EngineKey
 
 
 class PixelforgeImageRequest(RequestSchema):
@@ -32,7 +33,7 @@ class PixelforgeImageRequest(RequestSchema):
 
 def image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
     images = inputs["image_urls"]
-    width, height = fit_pixels(images[0].size, MEGAPIXEL, upscale=True)
+    width, height = fit_pixels(images[0].size, NATIVE_AREA, upscale=True)
     return EngineCall(
         task="edit",
         prompt=p["prompt"],
@@ -41,7 +42,7 @@ def image_call(p: dict[str, Any], inputs: dict[str, Any]) -> EngineCall:
         height=height,
         seed=p["seed"],
         guidance_scale=1.0,
-        extra={"turbo": True},
+        options=Flux2Options(turbo=True),
     )
 
 
@@ -87,7 +88,7 @@ MODELS = [
         title="PixelForge text-to-image with 1–3 reference images (FLUX.2 [klein] 4B)",
         family="flux2",
         task="edit",
-        engine_key="flux2-klein.edit",
+        engine_key=EngineKey.FLUX2_KLEIN_EDIT,
         default_weights="black-forest-labs/FLUX.2-klein-4B",
         schema=PixelforgeImageRequest,
         routes=[Route("/pixelforge-image/v1/qwen_image_gen/serve_image", Protocol.SYNC_URL)],
@@ -101,7 +102,7 @@ MODELS = [
         title="PixelForge relighting (FLUX.2 [dev] reference editing, LoRAs)",
         family="flux2",
         task="edit",
-        engine_key="flux2.relight",
+        engine_key=EngineKey.FLUX2_RELIGHT,
         default_weights="black-forest-labs/FLUX.2-dev",
         schema=RelightRequest,
         routes=[Route("/pixelforge-relighting-api/v1/relighting/generate", Protocol.QUEUE)],

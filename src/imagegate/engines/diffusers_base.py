@@ -7,28 +7,49 @@ them lives here: loading with ``from_pretrained`` (and the error an operator see
 missing), device and dtype resolution, seeded generators, step reporting and cancellation,
 batched ``num_images``, acceleration through diffusers' cache hooks, per-call LoRAs, turning
 pipeline failures (OOM included) into :class:`EngineError`, the speed options of
-:class:`EngineOptions` (fused QKV, fp8, ``torch.compile``, channels-last VAE, TF32) and sharing loaded
-components between engines over the same weights (:class:`ComponentCache`).
+:class:`EngineOptions` (applied by :mod:`imagegate.engines.speed`; compiled engines warm up at load and
+count their recompilations here), and sharing loaded components between engines over the same
+weights (:class:`ComponentCache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import torch
 from PIL import Image
 
-from imagegate.engines.base import EngineCall, EngineResult, LoraSpec, StepCallback
+from imagegate.engines.base import CallOptions, EngineCall, EngineResult, LoraSpec, StepCallback
+from imagegate.engines.options import EngineOptions, WarmupSize
+from imagegate.engines.speed import (
+    RecompileLimitHit,
+    _applied,
+    apply_optimisations,
+    compile_denoiser,
+    compile_failed,
+    compiled_execution,
+    compiled_graphs,
+    eager_execution,
+    fp8_probe,
+    fp8_unavailable_reason,
+    fp32_precision,
+    fuse_qkv_projections,
+    hit_recompile_limit,
+    hooks_inside_compiled_regions,
+    is_compile_error,
+    is_compiled,
+    qkv_unfused,
+    quantize_fp8,
+)
 from imagegate.exceptions import (
     EngineError,
     InputError,
@@ -47,17 +68,25 @@ __all__ = [
     "ComponentCache",
     "DiffusersEngine",
     "EngineOptions",
+    "RecompileLimitHit",
+    "WarmupSize",
     "accelerated",
     "acceleration_config",
     "apply_loras",
     "apply_optimisations",
     "compile_denoiser",
     "compile_failed",
+    "compiled_execution",
+    "compiled_graphs",
     "eager_execution",
     "fit_image",
     "fit_mask",
+    "fp8_probe",
     "fp8_unavailable_reason",
+    "fp32_precision",
     "fuse_qkv_projections",
+    "hit_recompile_limit",
+    "hooks_inside_compiled_regions",
     "is_compile_error",
     "is_compiled",
     "is_out_of_memory",
@@ -347,320 +376,6 @@ def fit_mask(mask: Image.Image, width: int, height: int) -> Image.Image:
     return mask
 
 
-# --------------------------------------------------------------------------- speed options
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Speed options an engine factory applies when it loads a pipeline (``DiffusersEngine.load(...,
-    options=EngineOptions(...))``, or a mapping with these keys).
-
-    * ``fuse_qkv`` (default on): one matmul for each attention's query/key/value projections instead
-      of three, on transformers whose attention honours it (FLUX.1, FLUX.2; not Qwen-Image). The
-      separate projections stay as views of the fused weight, so it costs no memory, and LoRAs
-      (which target the separate projections) run those calls unfused. Same arithmetic, so it is
-      on everywhere, the CPU included.
-    * ``compile`` (default off): ``torch.compile`` of the transformer's repeated blocks (regional
-      compilation). The first call at each new resolution pays the compilation (tens of seconds on
-      an H100); calls with LoRAs or acceleration run eagerly rather than recompile.
-    * ``fp8`` (default off): torchao float8 dynamic quantisation (per-row scales) of the
-      transformer's Linear layers. Needs torchao and a GPU with fp8 tensor cores (compute capability
-      8.9+: Ada, Hopper, Blackwell); silently off otherwise. Halves the transformer's memory; replaces
-      ``fuse_qkv`` (fp8 weights are not fused). Engines that train (LoRA) never quantise.
-    * ``channels_last_vae`` (default on, CUDA only): the VAE's 2-D convolutions in NHWC (cuDNN's
-      fast layout). VAEs with 3-D convolutions (Qwen-Image) are left alone.
-    * ``tf32`` (default on, CUDA only): TF32 tensor cores for the float32 matmuls and convolutions
-      that remain in a bf16 pipeline. Process-wide; never turned off once on.
-    * ``compile_backend``: the ``torch.compile`` backend; ``"inductor"`` in production, ``"eager"``
-      to exercise the compile path without code generation (tests, ``benchmarks/gpu.py --tiny``).
-    """
-
-    compile: bool = False
-    fuse_qkv: bool = True
-    fp8: bool = False
-    channels_last_vae: bool = True
-    tf32: bool = True
-    compile_backend: str = "inductor"
-
-    @classmethod
-    def coerce(cls, value: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise EngineError(f"unknown engine option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-            return cls(**dict(value))
-        raise EngineError(f"engine options must be EngineOptions or a mapping, not {type(value).__name__}")
-
-    @classmethod
-    def eager(cls) -> EngineOptions:
-        """Every optimisation off: the baseline ``benchmarks/gpu.py`` compares against."""
-        return cls(compile=False, fuse_qkv=False, fp8=False, channels_last_vae=False, tf32=False)
-
-    def for_device(self, device: str) -> EngineOptions:
-        """What ``device`` can use: fp8, channels-last and TF32 only mean something on CUDA."""
-        if torch.device(device).type == "cuda":
-            return self
-        return dataclasses.replace(self, fp8=False, channels_last_vae=False, tf32=False)
-
-
-_APPLIED = "_imagegate_optimisations"  # per-module record of what was applied (modules are shared)
-
-
-def _applied(module: Any) -> set[str]:
-    record = getattr(module, _APPLIED, None)
-    if record is None:
-        record = set()
-        try:
-            object.__setattr__(module, _APPLIED, record)
-        except (AttributeError, TypeError):  # pragma: no cover - a slotted object
-            pass
-    return record
-
-
-def fuse_qkv_projections(transformer: torch.nn.Module) -> int:
-    """Fuse every attention's Q/K/V (and added-context Q/K/V) projections; returns how many modules.
-
-    diffusers keeps the separate projections after fusing, which would cost a second copy of those
-    weights; here they become views of the fused weight instead, so memory is unchanged and the
-    unfused path (:func:`qkv_unfused`, used for LoRAs) still computes the same projections.
-    """
-    if not hasattr(transformer, "fuse_qkv_projections"):
-        return 0
-    transformer.fuse_qkv_projections()
-    fused = 0
-    with torch.no_grad():
-        for module in transformer.modules():
-            if not getattr(module, "fused_projections", False):
-                continue
-            fused += 1
-            _alias_parts(module, "to_qkv", ("to_q", "to_k", "to_v"))
-            _alias_parts(module, "to_kv", ("to_k", "to_v"))
-            _alias_parts(module, "to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"))
-    _applied(transformer).add("fuse_qkv")
-    return fused
-
-
-def _alias_parts(module: torch.nn.Module, fused_name: str, part_names: tuple[str, ...]) -> None:
-    fused = getattr(module, fused_name, None)
-    parts = [getattr(module, name, None) for name in part_names]
-    if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
-        return
-    offset = 0
-    for part in parts:
-        rows = part.out_features
-        part.weight = torch.nn.Parameter(fused.weight[offset : offset + rows], requires_grad=False)
-        if part.bias is not None and fused.bias is not None:
-            part.bias = torch.nn.Parameter(fused.bias[offset : offset + rows], requires_grad=False)
-        offset += rows
-
-
-@contextlib.contextmanager
-def qkv_unfused(transformer: Any) -> Iterator[None]:
-    """Run ``transformer`` on its separate Q/K/V projections for the duration (a LoRA adds its
-    matrices to those, not to the fused one). The weights are the same: the parts are views."""
-    switched = []
-    if transformer is not None:
-        for module in transformer.modules():
-            if getattr(module, "fused_projections", False):
-                module.fused_projections = False
-                switched.append(module)
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.fused_projections = True
-
-
-# Top-level submodules whose Linear layers fp8 leaves alone: the model's input and output projections
-# (small, and the most sensitive to rounding) and the timestep / guidance embedders (one row each,
-# nothing to gain). Blocks' own layers (a single-stream block's proj_out included) are quantised.
-FP8_SKIP = ("x_embedder", "context_embedder", "img_in", "txt_in", "txt_norm", "proj_out", "norm_out",
-            "time_text_embed", "time_guidance_embed")
-
-
-def fp8_unavailable_reason() -> str | None:
-    """``None`` when fp8 quantisation can run here, otherwise why not."""
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    if torch.cuda.get_device_capability() < (8, 9):
-        return "GPU has no fp8 tensor cores (needs compute capability 8.9+)"
-    try:
-        import torchao.quantization  # noqa: F401
-    except ImportError:
-        return "torchao is not installed"
-    return None
-
-
-def _fp8_config() -> Any:
-    try:
-        from torchao.quantization import (
-            Float8DynamicActivationFloat8WeightConfig,
-            PerRow,
-        )
-
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    except ImportError:  # torchao < 0.10 spells it as a function
-        from torchao.quantization import float8_dynamic_activation_float8_weight
-        from torchao.quantization.granularity import PerRow
-
-        return float8_dynamic_activation_float8_weight(granularity=PerRow())
-
-
-def quantize_fp8(transformer: torch.nn.Module) -> int:
-    """torchao float8 dynamic (activations and weights, per-row scales) on the transformer's Linear
-    layers whose shapes the fp8 GEMM takes (both sides multiples of 16); returns how many."""
-    from torchao.quantization import quantize_
-
-    if "fp8" in _applied(transformer):
-        return 0
-    if any(getattr(module, "fused_projections", False) for module in transformer.modules()):
-        # fp8 weights cannot be concatenated: quantise the separate projections instead (they are
-        # views of the fused weight, which is freed once all three are replaced).
-        transformer.unfuse_qkv_projections()
-        _applied(transformer).discard("fuse_qkv")
-    count = 0
-
-    def wanted(module: torch.nn.Module, name: str) -> bool:
-        nonlocal count
-        ok = (
-            isinstance(module, torch.nn.Linear)
-            and module.in_features % 16 == 0
-            and module.out_features % 16 == 0
-            and name.split(".")[0] not in FP8_SKIP
-        )
-        count += ok
-        return ok
-
-    quantize_(transformer, _fp8_config(), filter_fn=wanted)
-    _applied(transformer).add("fp8")
-    return count
-
-
-def is_compiled(module: Any) -> bool:
-    """Whether ``module`` was compiled (its compiled code runs unless :func:`eager_execution`)."""
-    return module is not None and "compile" in _applied(module)
-
-
-def compile_failed(module: Any) -> bool:
-    """Whether compiling ``module`` failed once; it then runs eagerly for good."""
-    return module is not None and "compile_failed" in _applied(module)
-
-
-def is_compile_error(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it) comes from torch.compile's tracing or code generation."""
-    while exc is not None:
-        if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def compile_denoiser(denoiser: torch.nn.Module, backend: str = "inductor") -> str:
-    """``torch.compile`` the transformer: its repeated blocks when diffusers names them (regional
-    compilation: one compiled block serves all of them, so compiling takes seconds rather than
-    minutes), else the whole model. Lazy: the first call compiles. Returns which was done."""
-    if is_compiled(denoiser):
-        return "already"
-    kind = "whole model"
-    if getattr(denoiser, "_repeated_blocks", None) and hasattr(denoiser, "compile_repeated_blocks"):
-        denoiser.compile_repeated_blocks(backend=backend)
-        kind = "repeated blocks"
-    else:
-        denoiser.compile(backend=backend)
-    _applied(denoiser).add("compile")
-    return kind
-
-
-@contextlib.contextmanager
-def eager_execution(active: bool = True) -> Iterator[None]:
-    """Run compiled modules eagerly for the duration. Calls that change the transformer (LoRA layers,
-    cache hooks, unfused projections) would otherwise recompile it, for tens of seconds each."""
-    if not active:
-        yield
-        return
-    with torch.compiler.set_stance("force_eager"):
-        yield
-
-
-def _channels_last_ok(vae: torch.nn.Module) -> bool:
-    return all(p.dim() != 5 for p in vae.parameters())
-
-
-def apply_optimisations(
-    pipe: Any, options: EngineOptions, *, device: str, qkv_fusion: bool = True, fp8: bool = True, compile: bool = True
-) -> dict[str, str]:
-    """Apply ``options`` to ``pipe`` (on ``device``) in place, idempotently: components may be
-    shared with engines that applied them already. ``qkv_fusion``/``fp8``/``compile`` say whether the
-    engine allows each. Returns each option's outcome: "on", "off" or "n/a: why"."""
-    report: dict[str, str] = {}
-    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    on_cuda = torch.device(device).type == "cuda"
-
-    if options.tf32 and on_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        report["tf32"] = "on"
-    else:
-        report["tf32"] = "off" if not options.tf32 else "n/a: not CUDA"
-
-    quantised = False
-    if options.fp8:
-        why = None if fp8 else "this engine trains the weights"
-        why = why or (None if denoiser is not None else "no transformer") or fp8_unavailable_reason()
-        if why is None:
-            try:
-                count = quantize_fp8(denoiser)
-                quantised = True
-                report["fp8"] = f"on ({count} layers)" if count else "on (shared)"
-            except Exception as exc:  # a torchao that does not fit: serve unquantised rather than not at all
-                logger.warning("fp8 quantisation failed, serving bf16: %s", exc, exc_info=True)
-                report["fp8"] = f"n/a: quantisation failed: {type(exc).__name__}: {exc}"
-        else:
-            report["fp8"] = f"n/a: {why}"
-    else:
-        report["fp8"] = "off"
-    quantised = quantised or (denoiser is not None and "fp8" in _applied(denoiser))
-
-    if not options.fuse_qkv:
-        report["fuse_qkv"] = "on (shared)" if denoiser is not None and "fuse_qkv" in _applied(denoiser) else "off"
-    elif quantised:
-        report["fuse_qkv"] = "n/a: fp8 weights are not fused"
-    elif not qkv_fusion or denoiser is None:
-        report["fuse_qkv"] = "n/a: not supported by this engine"
-    else:
-        try:
-            fused = fuse_qkv_projections(denoiser)
-            report["fuse_qkv"] = "on" if fused else "n/a: nothing to fuse"
-        except ValueError as exc:  # diffusers refuses models with "added KV" attention processors
-            report["fuse_qkv"] = f"n/a: {exc}"
-
-    vae = getattr(pipe, "vae", None)
-    if not options.channels_last_vae:
-        report["channels_last_vae"] = "off"
-    elif not on_cuda or vae is None:
-        report["channels_last_vae"] = "n/a: not CUDA"
-    elif not _channels_last_ok(vae):
-        report["channels_last_vae"] = "n/a: 3-D convolutions"
-    else:
-        if "channels_last" not in _applied(vae):
-            vae.to(memory_format=torch.channels_last)
-            _applied(vae).add("channels_last")
-        report["channels_last_vae"] = "on"
-
-    if not options.compile:
-        report["compile"] = "off"
-    elif not compile or denoiser is None:
-        report["compile"] = "n/a: this engine trains the weights" if denoiser is not None else "n/a: no transformer"
-    else:
-        report["compile"] = f"on ({compile_denoiser(denoiser, options.compile_backend)})"
-    return report
-
-
 # --------------------------------------------------------------------------- shared components
 
 
@@ -892,6 +607,12 @@ class _StepReporter:
         return {}
 
 
+# What a compiled engine runs at load per warm-up size: enough steps to compile the transformer's
+# blocks and check the second step reuses them.
+WARMUP_STEPS = 2
+WARMUP_PROMPT = "a photograph of a lighthouse on a rocky coast at dusk"
+
+
 class DiffusersEngine:
     """A warm diffusers pipeline behind the :class:`~imagegate.engines.base.Engine` protocol.
 
@@ -905,6 +626,8 @@ class DiffusersEngine:
     pipeline_class: ClassVar[type]
     tasks: ClassVar[frozenset[str]] = frozenset()
     family: ClassVar[str] = "diffusers"
+    # The family's typed call options (EngineCall.options).
+    options_type: ClassVar[type[CallOptions]] = CallOptions
     # Whether the pipeline's loop opens separate ``cache_context("cond"/"uncond")`` blocks. Without
     # them every transformer call shares one cache state, which is only correct when there is a
     # single branch, so acceleration is refused together with true CFG (a negative prompt).
@@ -915,6 +638,8 @@ class DiffusersEngine:
     # Engines that train the transformer (LoRA) need its bf16 weights and eager execution.
     allows_fp8: ClassVar[bool] = True
     allows_compile: ClassVar[bool] = True
+    # Input images a warm-up call needs (editing engines condition on one).
+    warmup_images: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -935,7 +660,13 @@ class DiffusersEngine:
         self._lock = lock or threading.Lock()
         self.options = EngineOptions.coerce(options).for_device(device)
         self.optimisations: dict[str, str] = {}
-        self.apply_options(EngineOptions.coerce(options))
+        # Graphs torch.compile built for this engine: during warm-up, and after it (each of those is a
+        # request that paid a compilation).
+        self.warmup_graphs = 0
+        self.recompiles = 0
+        self._warming_up = False
+        # Warming up waits for load(): a subclass finishes setting itself up after this returns.
+        self.apply_options(EngineOptions.coerce(options), warm_up=False)
 
     # -- factory
 
@@ -961,8 +692,10 @@ class DiffusersEngine:
         if components is None:
             pipe = load_pipeline(cls.pipeline_class, source, device=resolved_device, dtype=torch_dtype,
                                  model_id=model_id, component_loader=cls.load_components)
-            return cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
-        variants = cls.component_variants(requested.for_device(resolved_device))
+            engine = cls(pipe, device=resolved_device, dtype=torch_dtype, model_id=model_id, source=source, options=requested)
+            engine.warm_up_if_compiled()
+            return engine
+        variants = cls.component_variants(requested.for_device(resolved_device), resolved_device)
         group = ComponentCache.group(source, resolved_device, torch_dtype)
         # One load per source at a time, so a concurrent second engine reuses the first's components.
         with components.load_lock(group):
@@ -988,6 +721,7 @@ class DiffusersEngine:
                 lock=components.call_lock(group),
             )
             components.register(group, pipe.components, variants)
+        engine.warm_up_if_compiled()
         return engine
 
     @classmethod
@@ -996,15 +730,16 @@ class DiffusersEngine:
         return {}
 
     @classmethod
-    def component_variants(cls, options: EngineOptions) -> dict[str, str]:
+    def component_variants(cls, options: EngineOptions, device: str = "cuda") -> dict[str, str]:
         """Components this engine needs in a form other engines may not share (an fp8 transformer)."""
-        if options.fp8 and cls.allows_fp8 and fp8_unavailable_reason() is None:
+        if options.fp8 and cls.allows_fp8 and fp8_unavailable_reason(device) is None and fp8_probe(device) is None:
             return {"transformer": "fp8"}
         return {}
 
-    def apply_options(self, options: EngineOptions | Mapping[str, Any]) -> dict[str, str]:
+    def apply_options(self, options: EngineOptions | Mapping[str, Any], *, warm_up: bool = True) -> dict[str, str]:
         """Apply (more) speed options to the loaded pipeline; what was done lands in
-        :attr:`optimisations`. Options only add: fusing, quantising or compiling is not undone."""
+        :attr:`optimisations`. Options only add: fusing, quantising or compiling is not undone. A
+        compiled engine then runs ``options.warmup_sizes`` (unless ``warm_up`` is false)."""
         options = EngineOptions.coerce(options)
         with self._lock:
             pipe = self._require_pipe()
@@ -1021,6 +756,10 @@ class DiffusersEngine:
             self.optimisations = report
             self._blocks = memory_blocks(*_pipeline_modules(pipe))
             self.memory_bytes = sum(self._blocks.values())
+        if report["fp8"].startswith("n/a"):
+            logger.warning("%s: fp8 refused, serving %s: %s", self.name, self.dtype, report["fp8"].removeprefix("n/a: "))
+        if warm_up:
+            self.warm_up_if_compiled()
         return report
 
     # -- introspection
@@ -1037,6 +776,12 @@ class DiffusersEngine:
     @property
     def vae_scale_factor(self) -> int:
         return int(getattr(self._require_pipe(), "vae_scale_factor", 8))
+
+    @property
+    def step_distilled(self) -> bool:
+        """Whether the weights are step-distilled (a handful of steps, each one moving the image a
+        lot): step caches cannot help there, so acceleration is not applied."""
+        return False
 
     def memory_blocks(self) -> dict[Hashable, int]:
         """This engine's allocations (see :func:`memory_blocks`), as of loading. The model manager
@@ -1067,15 +812,61 @@ class DiffusersEngine:
                 info[key] = kwargs[key]
         return info
 
+    def warmup_call(self, size: WarmupSize) -> EngineCall:
+        """The call :meth:`warm_up` runs at ``size``: the engine's first task, its input images grey."""
+        task = min(self.tasks)
+        grey = Image.new("RGB", (size.width, size.height), (128, 128, 128))
+        return EngineCall(
+            task=task,
+            prompt=WARMUP_PROMPT,
+            width=size.width,
+            height=size.height,
+            num_images=size.batch,
+            num_inference_steps=WARMUP_STEPS,
+            images=[grey] * self.warmup_images,
+            mask=Image.new("L", grey.size, 255) if task == "inpaint" else None,
+        )
+
+    def warm_up_if_compiled(self) -> None:
+        if is_compiled(self.denoiser) and not compile_failed(self.denoiser) and self.options.warmup_sizes:
+            self.warm_up(self.options.warmup_sizes)
+
+    def warm_up(self, sizes: Sequence[WarmupSize]) -> None:
+        """Run one short call at each size, so torch.compile builds its graphs now rather than in a
+        user's first request at a common size. Failures are logged, never raised: the engine serves."""
+        for size in sizes:
+            before, started = compiled_graphs(self.denoiser), time.perf_counter()
+            self._warming_up = True
+            try:
+                self(self.warmup_call(size), lambda step, total: None)
+            except (EngineError, InputError) as exc:
+                logger.warning("%s: warm-up at %s failed: %s", self.name, size, exc)
+                continue
+            finally:
+                self._warming_up = False
+            graphs = compiled_graphs(self.denoiser) - before
+            self.warmup_graphs += graphs
+            logger.info("%s: warmed up %s in %.1f s (%d graph(s) compiled)", self.name, size,
+                        time.perf_counter() - started, graphs)
+
+    def acceleration_level(self, call: EngineCall) -> str:
+        """The cache level ``call`` runs with: its own, except on step-distilled weights."""
+        self.acceleration_config(call.acceleration)  # reject unknown levels before any work
+        return "none" if self.step_distilled else call.acceleration
+
     @contextlib.contextmanager
     def execution(self, call: EngineCall) -> Iterator[None]:
-        """How the transformer runs for ``call``: compiled and fused unless the call changes the
-        transformer (LoRAs, cache hooks), which would recompile it or bypass the LoRA layers."""
+        """How the transformer runs for ``call``, entered once its LoRAs and cache hooks are in place:
+        compiled unless the call changes what the compiled blocks would trace (LoRA layers, cache
+        hooks inside the blocks), which would recompile them; unfused for LoRAs, which sit on the
+        separate projections."""
         denoiser = self.denoiser
-        changes_transformer = bool(call.loras) or call.acceleration != "none"
         with contextlib.ExitStack() as stack:
-            eager = is_compiled(denoiser) and (changes_transformer or compile_failed(denoiser))
-            stack.enter_context(eager_execution(eager))
+            if is_compiled(denoiser):
+                if call.loras or compile_failed(denoiser) or hooks_inside_compiled_regions(denoiser):
+                    stack.enter_context(eager_execution())
+                else:
+                    stack.enter_context(compiled_execution(denoiser))
             if call.loras:
                 stack.enter_context(qkv_unfused(denoiser))
             yield
@@ -1089,18 +880,24 @@ class DiffusersEngine:
             raise InputError("num_images", "must be at least 1")
         with self._lock:
             pipe = self._require_pipe()
-            self.acceleration_config(call.acceleration)  # reject unknown levels before any work
+            level = self.acceleration_level(call)
             kwargs = self.pipeline_kwargs(call)
-            if call.acceleration != "none" and not self.opens_cache_contexts and _runs_true_cfg(kwargs):
+            if level != "none" and not self.opens_cache_contexts and _runs_true_cfg(kwargs):
                 raise InputError("acceleration", f"{self.name} cannot combine acceleration with a negative prompt")
             kwargs.setdefault("num_images_per_prompt", call.num_images)
-            kwargs["generator"] = make_generator(self.device, call.seed)
-            reporter = _StepReporter(on_step, kwargs.get("num_inference_steps"))
-            kwargs["callback_on_step_end"] = reporter
             kwargs["output_type"] = "pil"
+            graphs = compiled_graphs(self.denoiser)
             try:
-                with self.execution(call), loras_applied(pipe, call.loras), self.accelerated(call.acceleration):
-                    output = pipe(**kwargs)
+                try:
+                    output, reporter = self._run(pipe, call, kwargs, level, on_step)
+                except RecompileLimitHit as exc:
+                    self.optimisations["compile"] = "on (recompile limit reached: new shapes run eagerly)"
+                    logger.warning(
+                        "%s: %s at %sx%s x%d; shapes compiled so far keep their code, new ones run eagerly "
+                        "from now on (list the sizes you serve in warmup_sizes, or raise "
+                        "torch._dynamo.config.recompile_limit)", self.name, exc, kwargs.get("width"),
+                        kwargs.get("height"), call.num_images)
+                    output, reporter = self._run(pipe, call, kwargs, level, on_step)
             except (JobCanceledError, InputError):
                 raise
             except Exception as exc:
@@ -1122,7 +919,35 @@ class DiffusersEngine:
             images = list(output.images)
             info = self.result_info(call, kwargs)
             info["steps_run"] = reporter.steps_done
+            if level != call.acceleration:
+                info["acceleration"] = level
+                info["acceleration_skipped"] = "step-distilled weights: step caches cannot help"
+            if is_compiled(self.denoiser):
+                info["compiled_graphs"] = self._count_compilations(call, kwargs, compiled_graphs(self.denoiser) - graphs)
             return EngineResult(images=images, info=info)
+
+    def _run(self, pipe: Any, call: EngineCall, kwargs: dict[str, Any], level: str, on_step: StepCallback) -> tuple[Any, _StepReporter]:
+        """One pipeline call: fresh generator and step reporter, LoRAs and cache hooks on, the
+        transformer compiled or eager (:meth:`execution`), float32 precision as configured."""
+        kwargs["generator"] = make_generator(self.device, call.seed)
+        reporter = _StepReporter(on_step, kwargs.get("num_inference_steps"))
+        kwargs["callback_on_step_end"] = reporter
+        with (
+            loras_applied(pipe, call.loras),
+            self.accelerated(level),
+            self.execution(call),
+            fp32_precision(self.options.tf32),
+        ):
+            return pipe(**kwargs), reporter
+
+    def _count_compilations(self, call: EngineCall, kwargs: dict[str, Any], graphs: int) -> int:
+        if graphs and not self._warming_up:
+            self.recompiles += graphs
+            logger.warning(
+                "%s: compiled %d graph(s) for %sx%s x%d (%d since load): a shape warmup_sizes does "
+                "not cover; this request paid the compilation", self.name, graphs, kwargs.get("width"),
+                kwargs.get("height"), call.num_images, self.recompiles)
+        return graphs
 
     def unload(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from imagegate.engines.base import EngineCall, EngineResult, StepCallback
+from imagegate.engines.base import NATIVE_AREA, RESTORE_PROMPT, EngineCall, EngineResult, Flux1Options, StepCallback
 from imagegate.engines.diffusers_base import (
     DiffusersEngine,
     fit_image,
@@ -33,17 +33,14 @@ SCHNELL_STEPS, SCHNELL_GUIDANCE, SCHNELL_MAX_SEQUENCE_LENGTH = 4, 0.0, 256
 IMG2IMG_STRENGTH = 0.6  # FluxImg2ImgPipeline's own default
 FILL_STEPS, FILL_GUIDANCE = 50, 30.0
 KONTEXT_STEPS, KONTEXT_GUIDANCE = 28, 2.5
-# Kontext was trained around one megapixel; an unbounded input size would make the reference and
+# Kontext was trained around the native area; an unbounded input size would make the reference and
 # output token counts (and memory) grow with whatever was uploaded.
-KONTEXT_MAX_AREA = 1024 * 1024
-RESTORE_PROMPT = (
-    "Restore this photo: remove scratches, dust, stains and noise, repair damaged areas, sharpen "
-    "details and correct faded colours, keeping the people, composition and content unchanged"
-)
+KONTEXT_MAX_AREA = NATIVE_AREA
 
 
 class _Flux1Engine(DiffusersEngine):
     family: ClassVar[str] = "flux1"
+    options_type = Flux1Options
     qkv_fusion = True
     default_steps: ClassVar[int | None] = None  # None: follow the weights (dev or schnell)
     default_guidance: ClassVar[float | None] = None
@@ -51,6 +48,11 @@ class _Flux1Engine(DiffusersEngine):
     @property
     def guidance_distilled(self) -> bool:
         return bool(self._require_pipe().transformer.config.guidance_embeds)
+
+    @property
+    def step_distilled(self) -> bool:
+        # Without a guidance embedding the weights are timestep-distilled schnell (4 steps).
+        return not self.guidance_distilled
 
     @property
     def size_multiple(self) -> int:
@@ -69,15 +71,10 @@ class _Flux1Engine(DiffusersEngine):
             "prompt": call.prompt,
             "num_inference_steps": int(steps),
             "guidance_scale": float(guidance),
-            "max_sequence_length": int(
-                call.extra.get("max_sequence_length")
-                or (DEV_MAX_SEQUENCE_LENGTH if distilled else SCHNELL_MAX_SEQUENCE_LENGTH)
-            ),
+            "max_sequence_length": DEV_MAX_SEQUENCE_LENGTH if distilled else SCHNELL_MAX_SEQUENCE_LENGTH,
         }
-        true_cfg = call.extra.get("true_cfg_scale")
+        true_cfg = call.options_as(Flux1Options).true_cfg_scale
         if call.negative_prompt and true_cfg is not None:
-            # FLUX.1 is guidance-distilled: a negative prompt only acts through real CFG, which doubles
-            # the cost, so it is opt-in via true_cfg_scale.
             kwargs["negative_prompt"] = call.negative_prompt
             kwargs["true_cfg_scale"] = float(true_cfg)
         return kwargs
@@ -119,13 +116,12 @@ class Flux1ImageToImage(_Flux1Engine):
 
     pipeline_class = FluxImg2ImgPipeline
     tasks = frozenset({"image-to-image"})
+    warmup_images = 1
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         source = self.main_image(call)
         width, height = self.output_size(call, source)
         strength = IMG2IMG_STRENGTH if call.strength is None else float(call.strength)
-        if not 0.0 < strength <= 1.0:
-            raise InputError("strength", "must be in (0, 1]")
         return {
             **self.common_kwargs(call),
             "image": fit_image(source, width, height),
@@ -140,11 +136,12 @@ class Flux1Fill(_Flux1Engine):
 
     By default the input's unmasked pixels are pasted back over the result (the mask as alpha):
     the VAE round trip otherwise shifts colours and softens detail everywhere, not just in the hole.
-    ``extra["preserve_unmasked"] = False`` returns the raw pipeline output.
+    ``Flux1Options(preserve_unmasked=False)`` returns the raw pipeline output.
     """
 
     pipeline_class = FluxFillPipeline
     tasks = frozenset({"inpaint"})
+    warmup_images = 1
     default_steps = FILL_STEPS
     default_guidance = FILL_GUIDANCE
 
@@ -166,7 +163,7 @@ class Flux1Fill(_Flux1Engine):
 
     def __call__(self, call: EngineCall, on_step: StepCallback) -> EngineResult:
         result = super().__call__(call, on_step)
-        if call.extra.get("preserve_unmasked", True):
+        if call.options_as(Flux1Options).preserve_unmasked:
             source = self.main_image(call)
             width, height = result.images[0].size
             original = fit_image(source, width, height)
@@ -187,15 +184,15 @@ class Flux1Kontext(_Flux1Engine):
 
     pipeline_class = FluxKontextPipeline
     tasks = frozenset({"edit", "restore"})
+    warmup_images = 1
     default_steps = KONTEXT_STEPS
     default_guidance = KONTEXT_GUIDANCE
 
     def output_size(self, call: EngineCall, reference: Image.Image | None = None) -> tuple[int, int]:
         if reference is not None and not (call.width or call.height):
             width, height = reference.size
-            max_area = int(call.extra.get("max_area") or KONTEXT_MAX_AREA)
-            if width * height > max_area:
-                scale = (max_area / (width * height)) ** 0.5
+            if width * height > KONTEXT_MAX_AREA:
+                scale = (KONTEXT_MAX_AREA / (width * height)) ** 0.5
                 width, height = width * scale, height * scale
             multiple = self.size_multiple
             # Round down after capping so the cap is never exceeded.

@@ -8,7 +8,7 @@ references), single- and multi-reference editing, and relighting. What differs p
   and has no negative prompt; a ``negative_prompt`` is ignored.
 * [klein] ships step-distilled checkpoints (guidance ignored, few steps) and base checkpoints
   (real classifier-free guidance, a negative prompt, more steps); the checkpoint's
-  ``is_distilled`` flag picks the defaults below. ``extra["turbo"]`` asks for the short schedule.
+  ``is_distilled`` flag picks the defaults below. ``Flux2Options.turbo`` asks for the short schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from diffusers import Flux2KleinPipeline, Flux2Pipeline, TaylorSeerCacheConfig
 from PIL import Image
 
-from imagegate.engines.base import EngineCall, EngineResult, StepCallback
+from imagegate.engines.base import NATIVE_AREA, EngineCall, EngineResult, Flux2Options, StepCallback
 from imagegate.engines.diffusers_base import DiffusersEngine, round_to_multiple
 from imagegate.engines.processors import pixtral_tokenizer
 from imagegate.exceptions import InputError
@@ -48,7 +48,7 @@ MIN_REFERENCE_SIDE = 64
 MAX_REFERENCE_ASPECT = 8.0
 # References (and outputs sized from them) larger than this are scaled down to it, as the
 # pipelines do: token count, and so memory, grows with the area.
-MAX_REFERENCE_AREA = 1024 * 1024
+MAX_REFERENCE_AREA = NATIVE_AREA
 
 # Relighting is reference editing with an instruction that pins everything but the light.
 RELIGHT_PROMPT = (
@@ -77,14 +77,9 @@ def flux2_regular_cache_config() -> TaylorSeerCacheConfig:
     )
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class _Flux2Engine(DiffusersEngine):
     family: ClassVar[str] = "flux2"
+    options_type = Flux2Options
     min_references: ClassVar[int] = 0
     max_references: ClassVar[int] = 0
 
@@ -136,7 +131,7 @@ class _Flux2Engine(DiffusersEngine):
         """``match_input_image`` > explicit width/height > the first reference's size > 1024²."""
         multiple = self.size_multiple
         first = references[0] if references else None
-        if first is not None and _flag(call.extra.get("match_input_image")):
+        if first is not None and call.options_as(Flux2Options).match_input_image:
             return self._capped(*first.size)
         if call.width and call.height:
             return round_to_multiple(call.width, multiple), round_to_multiple(call.height, multiple)
@@ -178,7 +173,7 @@ class _Flux2Engine(DiffusersEngine):
             "height": height,
             "num_inference_steps": int(steps),
             "guidance_scale": guidance,
-            "max_sequence_length": int(call.extra.get("max_sequence_length") or MAX_SEQUENCE_LENGTH),
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
         }
 
     def result_info(self, call: EngineCall, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +206,7 @@ class Flux2Edit(_Flux2DevEngine):
     """``Flux2Pipeline`` with ``image=[...]``: FLUX.2 [dev] editing from 1–10 reference images.
 
     The first image is the one being edited; the others are references the prompt can refer to.
-    Output size: the first image's (capped at 1 MP) for ``extra["match_input_image"]``, otherwise
+    Output size: the first image's (capped at 1 MP) for ``Flux2Options.match_input_image``, otherwise
     width/height, otherwise the first image's. References condition through attention rather than
     as a noised starting point, so there is no ``strength``; it is ignored for ``image-to-image``.
     """
@@ -219,6 +214,7 @@ class Flux2Edit(_Flux2DevEngine):
     tasks = frozenset({"edit", "image-to-image"})
     min_references = 1
     max_references = DEV_MAX_REFERENCES
+    warmup_images = 1
 
 
 class Flux2Relight(Flux2Edit):
@@ -269,8 +265,12 @@ class _Flux2KleinEngine(_Flux2Engine):
     def distilled(self) -> bool:
         return bool(self._require_pipe().config.get("is_distilled", False))
 
+    @property
+    def step_distilled(self) -> bool:
+        return self.distilled
+
     def default_steps(self, call: EngineCall) -> int:
-        return KLEIN_STEPS[(self.distilled, _flag(call.extra.get("turbo", False)))]
+        return KLEIN_STEPS[(self.distilled, call.options_as(Flux2Options).turbo)]
 
     def default_guidance(self) -> float:
         return KLEIN_DISTILLED_GUIDANCE if self.distilled else KLEIN_BASE_GUIDANCE
@@ -292,7 +292,7 @@ class _Flux2KleinEngine(_Flux2Engine):
 
     def result_info(self, call: EngineCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         info = super().result_info(call, kwargs)
-        info["turbo"] = _flag(call.extra.get("turbo", False))
+        info["turbo"] = call.options_as(Flux2Options).turbo
         info["classifier_free_guidance"] = not self.distilled and kwargs["guidance_scale"] > 1.0
         if kwargs.get("negative_prompt_embeds") is not None:
             info["negative_prompt"] = True
@@ -311,3 +311,4 @@ class Flux2KleinEdit(_Flux2KleinEngine):
     tasks = frozenset({"edit", "image-to-image"})
     min_references = 1
     max_references = KLEIN_MAX_REFERENCES
+    warmup_images = 1

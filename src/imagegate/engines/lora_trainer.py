@@ -15,7 +15,6 @@ Only the LoRA matrices train (AdamW); the VAE and text encoder only encode, once
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 from PIL import Image
 
-from imagegate.engines.base import LORA_TRAINING_AREA, LORA_TRAINING_MIN_SIDE, EngineCall, EngineResult, StepCallback
+from imagegate.engines.base import LORA_TRAINING_MIN_SIDE, EngineCall, EngineResult, LoraTrainingOptions, StepCallback
 from imagegate.engines.diffusers_base import (
     DiffusersEngine,
     eager_execution,
@@ -40,13 +39,6 @@ from imagegate.engines.flux2 import DEV_GUIDANCE, DEV_STEPS, MAX_SEQUENCE_LENGTH
 from imagegate.engines.processors import pixtral_tokenizer
 from imagegate.exceptions import EngineError, InputError, JobCanceledError
 
-DEFAULT_STEPS = 1000
-MAX_STEPS = 10_000
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_RANK = 16
-# Training resolution: images are scaled to at most this area (and to multiples of 16). 512² is
-# the usual FLUX LoRA resolution: 4x cheaper than 1 MP and it transfers to larger outputs.
-DEFAULT_TRAIN_AREA = LORA_TRAINING_AREA
 MIN_SIDE = LORA_TRAINING_MIN_SIDE
 MAX_GRAD_NORM = 1.0
 WEIGHT_DECAY = 1e-4
@@ -70,29 +62,6 @@ LORA_FILENAME = "lora.safetensors"
 LORA_CONTENT_TYPE = "application/octet-stream"
 
 
-def _int_option(call: EngineCall, name: str, default: int, low: int, high: int) -> int:
-    value = call.extra.get(name, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(name, "must be an integer") from exc
-    if isinstance(value, bool) or not number.is_integer():
-        raise InputError(name, "must be an integer")
-    if not low <= number <= high:
-        raise InputError(name, f"must be between {low} and {high}")
-    return int(number)
-
-
-def _float_option(call: EngineCall, name: str, default: float, low: float, high: float) -> float:
-    try:
-        number = float(call.extra.get(name, default))
-    except (TypeError, ValueError) as exc:
-        raise InputError(name, "must be a number") from exc
-    if not (math.isfinite(number) and low < number < high):
-        raise InputError(name, f"must be between {low:g} and {high:g}")
-    return number
-
-
 class _Sample:
     """One training image: packed clean latents, their position ids and the sigma table."""
 
@@ -106,7 +75,7 @@ class _Sample:
 class Flux2LoraTrainer(DiffusersEngine):
     """Trains a LoRA on the FLUX.2 [dev] transformer of the loaded ``Flux2Pipeline``.
 
-    ``extra``: ``steps`` (1–10000, default 1000), ``learning_rate`` (default 1e-4), ``rank``
+    :class:`LoraTrainingOptions`: ``steps`` (default 1000), ``learning_rate`` (default 1e-4), ``rank``
     (default 16), ``resolution`` (training side length, default 512). Each step trains on one image
     (cycling through them) with fresh noise; ``on_step(step, steps)`` is called after every
     optimizer step, so cancelling stops training there. Training noise is seeded by ``call.seed``.
@@ -115,6 +84,7 @@ class Flux2LoraTrainer(DiffusersEngine):
     pipeline_class = Flux2Pipeline
     tasks: ClassVar[frozenset[str]] = frozenset({"train-lora"})
     family: ClassVar[str] = "flux2"
+    options_type = LoraTrainingOptions
     # Training needs the bf16 weights and autograd through plain modules. Loaded through a shared
     # component cache the trainer reuses the inference engines' bf16 transformer (fused and compiled
     # or not: training runs it eagerly on its separate Q/K/V projections, where the LoRA sits).
@@ -230,10 +200,8 @@ class Flux2LoraTrainer(DiffusersEngine):
             raise InputError("task", f"{self.name} does not support {call.task!r}")
         if not call.images:
             raise InputError("images", "LoRA training needs at least one image")
-        steps = _int_option(call, "steps", DEFAULT_STEPS, 1, MAX_STEPS)
-        learning_rate = _float_option(call, "learning_rate", DEFAULT_LEARNING_RATE, 0.0, 1.0)
-        rank = _int_option(call, "rank", DEFAULT_RANK, 1, 256)
-        side = _int_option(call, "resolution", int(DEFAULT_TRAIN_AREA**0.5), MIN_SIDE, 2048)
+        options = call.options_as(LoraTrainingOptions)
+        steps, learning_rate, rank, side = options.steps, options.learning_rate, options.rank, options.resolution
         caption = call.prompt.strip()
 
         with self._lock:
@@ -316,7 +284,7 @@ class Flux2LoraTrainer(DiffusersEngine):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            on_step(step + 1, steps)
+            on_step(step + 1, steps, loss=losses[-1])
 
         data = self._lora_bytes()
         window = min(LOSS_WINDOW, len(losses))

@@ -29,7 +29,7 @@ from imagegate.engines.registry import resolve_factory
 
 logger = logging.getLogger(__name__)
 
-EngineKey = tuple[str, str]  # (engine_key, source)
+WarmKey = tuple[str, str]  # (engine_key, source): one warm engine each
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,21 @@ class ModelManager:
         *,
         engine_options: Any = None,
     ) -> None:
-        """``engine_options``: an ``EngineOptions`` or a mapping of its fields (``compile``,
-        ``fuse_qkv``, ``fp8``, ``channels_last_vae``, ``tf32``), passed to every diffusers engine
-        factory; ``None`` keeps the engines' defaults."""
+        """``engine_options``: an :class:`~imagegate.engines.options.EngineOptions` (or a mapping of its
+        fields), passed to every diffusers engine factory; ``None`` keeps the engines' defaults."""
         self.device = device
         self.dtype = dtype
         self.memory_budget_bytes = max(0, int(memory_budget_bytes))
         self.engine_options = engine_options
         self._components: Any = None  # the ComponentCache, created on first load (imports torch)
-        self._engines: OrderedDict[EngineKey, Engine] = OrderedDict()  # least recently used first
-        self._model_ids: dict[EngineKey, str] = {}
+        self._engines: OrderedDict[WarmKey, Engine] = OrderedDict()  # least recently used first
+        self._model_ids: dict[WarmKey, str] = {}
         # Sizes of engines loaded before, so a reload can make room before it allocates.
-        self._known_bytes: dict[EngineKey, int] = {}
+        self._known_bytes: dict[WarmKey, int] = {}
         self._lock = threading.Lock()
         # One lock per key so two workers asking for the same cold model load it once, while a
         # slow load of one model does not block requests for models that are already warm.
-        self._load_locks: dict[EngineKey, threading.Lock] = {}
+        self._load_locks: dict[WarmKey, threading.Lock] = {}
 
     def get(self, model_id: str, engine_key: str, source: str) -> Engine:
         """The warm engine for ``(engine_key, source)``, loading it (and evicting others) if needed.
@@ -131,7 +130,7 @@ class ModelManager:
             blocks.update(_memory_blocks(engine))
         return sum(blocks.values())
 
-    def _expected_bytes(self, key: EngineKey) -> int:
+    def _expected_bytes(self, key: WarmKey) -> int:
         """What loading ``key`` again will add: its last size, less what warm engines on the same
         weights hold (it will share that rather than load it)."""
         known = self._known_bytes.get(key, 0)
@@ -143,19 +142,19 @@ class ModelManager:
                 blocks.update(_memory_blocks(engine))
         return max(0, known - sum(blocks.values()))
 
-    def _touch(self, key: EngineKey) -> Engine | None:
+    def _touch(self, key: WarmKey) -> Engine | None:
         engine = self._engines.get(key)
         if engine is not None:
             self._engines.move_to_end(key)
         return engine
 
-    def _pop_victims(self, incoming_bytes: int, keep: EngineKey | None) -> list[tuple[EngineKey, Engine]]:
+    def _pop_victims(self, incoming_bytes: int, keep: WarmKey | None) -> list[tuple[WarmKey, Engine]]:
         """Remove least-recently-used engines until ``incoming_bytes`` more fit in the budget.
 
         They are unloaded by the caller after the manager lock is released: unloading waits for a
         running call on that engine, which must not stall every other ``get``.
         """
-        victims: list[tuple[EngineKey, Engine]] = []
+        victims: list[tuple[WarmKey, Engine]] = []
         if not self.memory_budget_bytes:
             return victims
         while self._used_bytes() + incoming_bytes > self.memory_budget_bytes:
@@ -207,7 +206,7 @@ def _names_parameter(factory: Any, name: str) -> bool:
         return False
 
 
-def _unload(engines: list[tuple[EngineKey, Engine]]) -> None:
+def _unload(engines: list[tuple[WarmKey, Engine]]) -> None:
     for _, engine in engines:
         engine.unload()
 

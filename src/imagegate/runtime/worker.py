@@ -440,9 +440,9 @@ class Worker:
                 params["seed"] = random.randint(0, 2**32 - 1)
             call = spec.build_call(params, inputs)
 
-            def on_step(step: int, total: int) -> None:
+            def on_step(step: int, total: int, *, loss: float | None = None) -> None:
                 state.progress = round(step / max(total, 1), 4)
-                state.detail = {"step": step, "steps": total}
+                state.detail = {"step": step, "steps": total} if loss is None else {"step": step, "steps": total, "loss": round(loss, 6)}
                 self._report.set()
                 if state.abort:
                     raise _ShutdownAbort()
@@ -455,10 +455,12 @@ class Worker:
             output = self._store_outputs(job, spec, params, result)
             # Where the job's time went inside the worker; the queue benchmark subtracts the
             # engine's share to measure what imagegate adds around a model.
+            safety_ms = output["timings"]["safety_ms"]
             output["timings"] = {
                 "inputs_ms": round((engine_started - started) * 1000, 3),
                 "engine_ms": round((engine_ended - engine_started) * 1000, 3),
-                "outputs_ms": round((time.perf_counter() - engine_ended) * 1000, 3),
+                "safety_ms": safety_ms,
+                "store_ms": round((time.perf_counter() - engine_ended) * 1000 - safety_ms, 3),
             }
             runtime_price = self.store.models.price_override(spec.id) if spec.final_price is not None else None
             charge = final_price_for(spec, params, result, job.price_micros, self.settings, runtime_price)
@@ -549,6 +551,7 @@ class Worker:
         options: OutputOptions = spec.output(params)
         images = list(result.images)
         nsfw = [False] * len(images)
+        safety_started = time.perf_counter()
         if images and options.safety_checker:
             verdicts = self.safety.check(images, options.safety_tolerance, options.tolerance_scale)
             for i, verdict in enumerate(verdicts):
@@ -556,6 +559,7 @@ class Worker:
                     # A flagged image is never stored: the black image takes its place.
                     images[i] = self.safety.redact(images[i])
                     nsfw[i] = True
+        safety_ms = round((time.perf_counter() - safety_started) * 1000, 3)
         token = new_token(18)
         media: list[dict[str, Any]] = []
         try:
@@ -578,6 +582,7 @@ class Worker:
             "seed": params["seed"],
             "has_nsfw_concepts": nsfw,
             "info": result.info,
+            "timings": {"safety_ms": safety_ms},
         }
 
 
