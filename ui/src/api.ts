@@ -36,21 +36,19 @@ export interface CallOptions {
   method?: string;
   body?: unknown;
   form?: FormData;
-  headers?: Record<string, string>;
-  signal?: AbortSignal;
 }
 
 async function call<T>(kind: Credential, path: string, auth: (secret: string) => Record<string, string>, options: CallOptions): Promise<T> {
   const secret = credential(kind);
   if (!secret) throw new ApiError(401, kind === "admin" ? "Sign in with the admin token" : "Sign in with an API key");
-  const headers: Record<string, string> = { ...auth(secret), ...options.headers };
+  const headers = auth(secret);
   let body: BodyInit | undefined;
   if (options.form) body = options.form;
   else if (options.body !== undefined) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(options.body);
   }
-  const response = await fetch(path, { method: options.method ?? "GET", headers, body, signal: options.signal });
+  const response = await fetch(path, { method: options.method ?? "GET", headers, body });
   const text = await response.text();
   let parsed: unknown = text;
   try {

@@ -33,7 +33,6 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[], everyMs?: nu
       (error) => live && setState((s) => ({ data: s.data, error: asApiError(error), loading: false })),
     );
     return () => void (live = false);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [...deps, tick]);
   useEffect(() => {
     if (!everyMs) return;
@@ -78,7 +77,6 @@ export function usePaged<T>(fetchPage: (cursor: string | null) => Promise<{ item
         setLoading(false);
       },
     );
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
 
   useEffect(() => load(null), [load]);

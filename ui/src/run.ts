@@ -24,7 +24,6 @@ export interface Run {
   steps: number | null;
   loss: number | null;
   images: string[];
-  mediaType: string | null;
   seed: number | null;
   nsfw: boolean[];
   error: string | null;
@@ -121,7 +120,6 @@ function fromStatus(status: QueueStatus): Partial<Run> {
     queuePosition: status.queue_position ?? null,
     progress: status.status === "COMPLETED" ? 1 : status.progress,
     images: status.output?.media_url ?? [],
-    mediaType: status.output?.media_type ?? null,
     seed: status.output?.seed ?? null,
     nsfw: status.output?.has_nsfw_concepts ?? [],
     error: status.error,
@@ -220,7 +218,6 @@ export function startRun(entry: CatalogEntry, body: Values): Run {
     steps: null,
     loss: null,
     images: [],
-    mediaType: null,
     seed: null,
     nsfw: [],
     error: null,

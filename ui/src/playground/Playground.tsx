@@ -127,7 +127,6 @@ export function Playground({ modelId }: { modelId: string | null }) {
     setValues(pending ? valuesFromBody(fields, pending) : initialValues(fields));
     setPending(null);
     setInvalid(null);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [fields]);
 
   const request = useMemo((): SnippetRequest | FieldError => {
