@@ -173,8 +173,9 @@ def start_server(
     database_url: str | None = None,
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
+    port: int | None = None,
 ) -> RunningServer:
-    port = free_port()
+    port = port or free_port()
     env = dict(os.environ)
     env.update(
         {

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imagegate import __version__
-from imagegate.api import catalog, errors, events, files, history, openai, ops_routes, webhook_routes
+from imagegate.api import catalog, console, errors, events, files, history, openai, ops_routes, webhook_routes
 from imagegate.api.body_limit import BodyLimitMiddleware
 from imagegate.api.routes import add_model_routes, register_schema, router
 from imagegate.api.services import Services
@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, store: JobStore | None = None) -> FastAPI:
     schemas: dict[str, Any] = {}
     add_model_routes(app, schemas)
     app.include_router(router)
-    for module in (webhook_routes, catalog, history, events, files, openai):
+    for module in (webhook_routes, catalog, history, events, files, openai, console):
         app.include_router(module.router)
     # Bodies the routes read or stream themselves, which FastAPI cannot see.
     for model in (*openai.REQUEST_SCHEMAS, ProgressEvent, QueueStatus):
