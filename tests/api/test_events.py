@@ -63,6 +63,18 @@ def test_a_queued_request_streams_status_progress_and_its_final_status(server: R
     assert seen[-1][1] == final and final["status"] == "COMPLETED"
 
 
+def test_short_requests_back_to_back_each_stream_their_first_step(server: RunningServer, api_key: str) -> None:
+    # Each job's first step is written at once, whatever the previous job wrote just before: a
+    # request shorter than the progress interval still shows that it moved.
+    body = {**SLOW_BODY, "num_inference_steps": 4, "image_size": {"width": 64, "height": 64}}
+    with server.client() as client:
+        for _ in range(3):
+            request_id = client.post(FLUX_DEV, json=body, headers={SUB: api_key}).json()["request_id"]
+            seen = collect(client, request_id, api_key)
+            progress = [data for name, data in seen if name == "progress"]
+            assert progress and progress[0]["step"] >= 1 and seen[-1][1]["status"] == "COMPLETED", seen
+
+
 def test_a_sync_output_request_streams_its_events_too(server: RunningServer) -> None:
     key = server.create_key("1")
     answer: dict[str, Any] = {}

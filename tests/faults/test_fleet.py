@@ -176,3 +176,29 @@ def test_a_worker_on_another_host_whose_link_goes_down_is_taken_over_once(fleet_
         finally:
             relay.close()
             store.dispose()
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(fleet_server: Any, tmp_path: Path) -> None:
+    """Started during a database restart, a worker waits instead of exiting (its supervisor would
+    only restart it again and again meanwhile), then registers and works once the database is back."""
+    server = fleet_server(workers=0)
+    url = server.env["IMAGEGATE_DATABASE_URL"]
+    target = sa.engine.make_url(url)
+    relay = TcpRelay((target.host or "127.0.0.1", target.port or 5432))
+    relay.cut()
+    store = open_store(server)
+    log = tmp_path / "early-worker.log"
+    try:
+        with standalone_worker(server, log, database_url=relayed_url(url, "127.0.0.1", relay.port)) as worker:
+            wait_until(lambda: "database unavailable at start" in log.read_text(), 90, "the worker to find the database down")
+            time.sleep(1)
+            assert worker.poll() is None, log.read_text()
+            relay.restore()
+            wait_until(lambda: store.workers.list(), 90, "the worker to register")
+            key, _ = new_key(store, usd=1)
+            with server.client() as client:
+                job_id = submit(client, key, slow(1))
+            assert wait_terminal(store, [job_id])[job_id].status is JobStatus.COMPLETED
+    finally:
+        relay.close()
+        store.dispose()

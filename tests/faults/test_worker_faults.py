@@ -222,10 +222,13 @@ def test_out_of_memory_is_error_not_charged_and_the_worker_survives(srv: Any, st
     key, key_id = new_key(store, 10)
     before = balance(store, key_id)
     [pid] = wait_workers(srv)
-    # The operator setting reached the worker process.
-    assert read_limits(pid)["Max data size"] == str(int(MEMORY_LIMIT_GB * 2**30))
-    # 2048² decodes through ~1.4 GB of activations with the tiny VAE; 64² jobs peak near 0.5 GB.
-    big = {**FAST, "prompt": "larger than the worker may allocate", "image_size": {"width": 2048, "height": 2048}}
+    # The operator setting reached the worker process (it applies it as it starts).
+    limit = wait_until(lambda: (v := read_limits(pid)["Max data size"]) != "unlimited" and v, 60, "the worker's memory limit")
+    assert limit == str(int(MEMORY_LIMIT_GB * 2**30))
+    # One 2048² image decodes through ~1.4 GB of activations with the tiny VAE, close enough to
+    # the limit that allocator luck decides; two in one batch are well past it. 64² jobs peak
+    # near 0.5 GB.
+    big = {**FAST, "prompt": "larger than the worker may allocate", "image_size": {"width": 2048, "height": 2048}, "num_images": 2}
     with srv.client() as client:
         started = time.monotonic()
         too_big = submit(client, key, big)
@@ -233,8 +236,8 @@ def test_out_of_memory_is_error_not_charged_and_the_worker_survives(srv: Any, st
         result = wait_status(client, too_big, key)
         failed_after = time.monotonic() - started
         done = wait_status(client, after, key)
-    print(f"\nMEASURE out of memory: ERROR after {failed_after:.1f}s: {result['error'][:160]}")
     assert result["status"] == "ERROR", result
+    print(f"\nMEASURE out of memory: ERROR after {failed_after:.1f}s: {result['error'][:160]}")
     message = result["error"]
     assert message.startswith("flux-dev: ") and message.endswith("(not charged)")
     assert "can't allocate memory" in message or "out of memory" in message, message

