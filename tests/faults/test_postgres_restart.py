@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -131,12 +132,29 @@ def test_postgres_restart_with_jobs_in_flight(private_pg: PrivatePostgres, tiny_
             running = submit(client, key, slow(50, side=768), **hook)  # must still run when the test sees it
             queued = [submit(client, key, {**FAST, "prompt": f"queued {i}"}, **hook) for i in range(2)]
             wait_running(client, key, running)
+            # Someone follows the running job's event stream through the outage: it stays open.
+            streamed: list[str] = []
+            following = threading.Event()
+
+            def follow() -> None:
+                with httpx.Client(base_url=server.base_url, timeout=httpx.Timeout(30, read=120)) as c:
+                    with c.stream("GET", f"/v2/requests/{running}/events", headers={SUB: key}) as r:
+                        for line in r.iter_lines():
+                            if line.startswith(("event:", "data:")):
+                                streamed.append(line)
+                                following.set()
+
+            follower = threading.Thread(target=follow)
+            follower.start()
+            assert following.wait(30), "the event stream did not start"
             took = outage()
             came_back = time.monotonic()
             print(f"MEASURE PostgreSQL down for {took:.1f}s (worker busy)")
             everything = [warm, *retried, running, *queued]
             jobs = wait_terminal(store, everything, timeout=240)
             print(f"MEASURE all {len(everything)} jobs ended {time.monotonic() - came_back:.1f}s after PostgreSQL started")
+            follower.join(120)
+            assert streamed[-2] == "event: done" and '"status":"COMPLETED"' in streamed[-1].replace(" ", ""), streamed[-4:]
         assert {j.status for j in jobs.values()} == {JobStatus.COMPLETED}, {i: (j.status, j.error) for i, j in jobs.items()}
         assert jobs[running].attempts in (1, 2)
         for idem in [a[0] for a in attempts] + ["race-1"]:

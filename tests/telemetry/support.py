@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -31,12 +32,15 @@ def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     return samples.get((name, frozenset(labels.items())))
 
 
-def wait_for_readiness(client: httpx.Client, status: int, timeout: float = 15) -> dict[str, Any]:
-    """Poll /readyz (its answer is cached for a second) until it answers ``status``."""
+def wait_for_readiness(
+    client: httpx.Client, status: int, timeout: float = 15, until: Callable[[dict[str, Any]], bool] = lambda body: True
+) -> dict[str, Any]:
+    """Poll /readyz (its answer is cached for a second, so an earlier state can still show) until
+    it answers ``status`` with a body that satisfies ``until``."""
     deadline = time.monotonic() + timeout
     while True:
         r = client.get("/readyz")
-        if r.status_code == status:
+        if r.status_code == status and until(r.json()):
             return r.json()
         if time.monotonic() > deadline:
             raise AssertionError(f"/readyz still answers {r.status_code} {r.text}")

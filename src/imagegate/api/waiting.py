@@ -9,13 +9,17 @@ wake-up a waiter still looks every FALLBACK_SECONDS, so a lost one costs latency
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from imagegate.jobs.store import Job, JobStore
 from imagegate.jobs.wakeups import Topic
+
+log = logging.getLogger("imagegate.api.waiting")
 
 FALLBACK_SECONDS = 1.0
 
@@ -67,8 +71,15 @@ class JobWaiter:
         self._waiting.setdefault(job_id, set()).add(event)
         try:
             while True:
-                job = await run_in_threadpool(self.store.jobs.get, job_id)
-                if seen is None or job.updated_at != seen.updated_at or job.status is not seen.status:
+                try:
+                    job: Job | None = await run_in_threadpool(self.store.jobs.get, job_id)
+                except OperationalError as exc:
+                    # A database restart: the job goes on in its worker, and whoever waits for it
+                    # (an event stream, a synchronous request) waits on instead of failing; the
+                    # wake-up listener announces everything once the database is back.
+                    log.debug("waiting for %s: database unavailable (%s)", job_id, exc.orig)
+                    job = None
+                if job is not None and (seen is None or job.updated_at != seen.updated_at or job.status is not seen.status):
                     return job
                 left = deadline - time.monotonic()
                 if left <= 0:

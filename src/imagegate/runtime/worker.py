@@ -216,6 +216,11 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 try:
+                    if failures:
+                        # Back from an outage: heartbeat (registering again if a sweep forgot us)
+                        # before claiming, or a sweep could free the job we claim from a worker
+                        # that has no registry row yet, and it would run twice.
+                        self._heartbeat(None)
                     job = self._next_job()
                     if job is not None:
                         self.run_job(job)
@@ -399,6 +404,8 @@ class Worker:
         delay = DB_RETRY_FIRST_SECONDS
         while True:
             try:
+                if patient:
+                    self._heartbeat(None)  # registered again before the next claim (see run_forever)
                 if self.store.jobs.release(job.id, self.worker_id):
                     log.warning("job %s: handed back to the queue", job.id)
                 else:
