@@ -324,3 +324,20 @@ def test_the_rate_limit_bucket_is_shared_by_every_store(store: JobStore) -> None
         store.jobs.submit(new_job(key.id, price=0), rate_limit=limit)  # a token came back
     finally:
         other.dispose()
+
+
+def test_a_submit_whose_clock_reading_is_behind_the_bucket_takes_one_token(store: JobStore) -> None:
+    """Concurrent submits read the time before they wait for the bucket's row, so one may arrive
+    with a time earlier than the one stored. At a high rate that gap used to become a debt of
+    tokens (a 429 with a full bucket); time now never runs backwards in the bucket."""
+    from imagegate.jobs.keys import RateLimit
+
+    _, key = store.keys.create()
+    limit = RateLimit(per_second=10_000.0, burst=100)
+    now = time.time()
+    with store.db.transaction() as conn:
+        store.keys.take_token(conn, key.id, limit, now)
+    with store.db.transaction() as conn:
+        store.keys.take_token(conn, key.id, limit, now - 0.05)  # 50 ms behind: was 500 tokens short
+    with store.db.transaction() as conn:
+        store.keys.take_token(conn, key.id, limit, now)

@@ -227,13 +227,17 @@ class KeyRepository:
         if not limit.enabled:
             return
         b = _buckets
-        refill = b.c.tokens + (now - b.c.updated_at) * limit.per_second
-        capped = (sa.func.least if self.db.postgres else sa.func.min)(float(limit.burst), refill)
+        least, greatest = (sa.func.least, sa.func.greatest) if self.db.postgres else (sa.func.min, sa.func.max)
+        # ``now`` was read before this transaction waited for the row: a concurrent submit of
+        # another process may have stored a later time. Time never runs backwards in the bucket,
+        # or a high rate would turn those few milliseconds into a large debt of tokens.
+        elapsed = greatest(0.0, now - b.c.updated_at)
+        capped = least(float(limit.burst), b.c.tokens + elapsed * limit.per_second)
         insert = (pg_insert if self.db.postgres else sqlite_insert)(b).values(
             key_id=key_id, tokens=float(limit.burst) - 1.0, updated_at=now
         )
         stmt = insert.on_conflict_do_update(
-            index_elements=[b.c.key_id], set_={"tokens": capped - 1.0, "updated_at": now}
+            index_elements=[b.c.key_id], set_={"tokens": capped - 1.0, "updated_at": greatest(b.c.updated_at, now)}
         ).returning(b.c.tokens)
         tokens = conn.execute(stmt).scalar_one()
         if tokens < 0:
