@@ -46,7 +46,6 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
 from faults.postgres import PrivatePostgres, postgres_bindir  # noqa: E402
-from faults.support import check_books, open_store  # noqa: E402
-from harness import free_port, start_server  # noqa: E402
+from faults.support import Delivery, Receiver, check_books, open_store  # noqa: E402
+from harness import start_server  # noqa: E402
 from media.support import seaweed_s3  # noqa: E402
 
 from imagegate.jobs.status import JobStatus, LedgerKind  # noqa: E402
@@ -220,22 +219,23 @@ class Session:
         out.urls = _urls(body.get("output"))
         return out
 
-    async def sync_output(self) -> Outcome:
-        out = Outcome("sync-output")
+    async def _answered(self, protocol: str, path: str, body: dict[str, Any], headers: dict[str, str], urls_of: Callable[[Any], list[str]]) -> Outcome:
+        """A synchronous style: the answer is the result (or the request failed)."""
+        out = Outcome(protocol)
         started = time.monotonic()
-        r = await self.submit(out, "POST", KLEIN, (200,), json={**KLEIN_BODY, "seed": self.turn}, headers={SUB: self.key.plaintext})
+        r = await self.submit(out, "POST", path, (200,), json=body, headers=headers)
         if r is not None:
-            out.final, out.end_to_end_s, out.urls = "completed", time.monotonic() - started, [r.json()["output"]]
+            out.request_id = r.headers.get("x-request-id")
+            out.final, out.end_to_end_s, out.urls = "completed", time.monotonic() - started, urls_of(r.json())
         return out
 
+    async def sync_output(self) -> Outcome:
+        body = {**KLEIN_BODY, "seed": self.turn}
+        return await self._answered("sync-output", KLEIN, body, {SUB: self.key.plaintext}, lambda b: [b["output"]])
+
     async def sync_url(self) -> Outcome:
-        out = Outcome("sync-url")
-        started = time.monotonic()
         body = {"prompt": "the same street at noon", "image_urls": [self.key.upload_url]}
-        r = await self.submit(out, "POST", PIXELFORGE, (200,), json=body, headers={SUB: self.key.plaintext})
-        if r is not None:
-            out.final, out.end_to_end_s, out.urls = "completed", time.monotonic() - started, [r.json()["url"]]
-        return out
+        return await self._answered("sync-url", PIXELFORGE, body, {SUB: self.key.plaintext}, lambda b: [b["url"]])
 
     async def batch(self) -> Outcome:
         out = Outcome("batch")
@@ -263,13 +263,7 @@ class Session:
         return out
 
     async def openai(self) -> Outcome:
-        out = Outcome("openai")
-        started = time.monotonic()
-        r = await self.submit(out, "POST", OPENAI, (200,), json=OPENAI_BODY, headers={BEARER: f"Bearer {self.key.plaintext}"})
-        if r is not None:
-            out.request_id = r.headers.get("x-request-id")
-            out.final, out.end_to_end_s, out.urls = "completed", time.monotonic() - started, _urls(r.json()["data"])
-        return out
+        return await self._answered("openai", OPENAI, OPENAI_BODY, {BEARER: f"Bearer {self.key.plaintext}"}, lambda b: _urls(b["data"]))
 
 
 # What most clients cycle through: the queue protocol (polls and event streams alike), the batch
@@ -311,65 +305,16 @@ def _load_process(args: tuple[str, list[KeyInfo], str, int, int, float, int], re
 # -- the webhook receiver ----------------------------------------------------------------------------
 
 
-@dataclass
-class Delivery:
-    headers: dict[str, str]
-    body: bytes
-    received_at: float  # signatures are checked at the end, against the time they arrived
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-    @property
-    def request_id(self) -> str | None:
-        p = self.payload
-        return p.get("request_id") or p.get("requestId") or p.get("jobId") or p.get("id")
+def _final(d: Delivery) -> bool:
+    return str(d.body.get("status", "")).lower() in FINAL
 
 
-class Receiver:
-    """Answers 200 to every POST and keeps the raw body and headers (signatures are checked at
-    the end, with the key each request belongs to)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.deliveries: list[Delivery] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                with receiver._lock:
-                    receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body, time.time()))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def by_request(self) -> dict[str, list[Delivery]]:
-        found: dict[str, list[Delivery]] = defaultdict(list)
-        with self._lock:
-            for d in self.deliveries:
-                if d.request_id:
-                    found[d.request_id].append(d)
-        return found
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def _by_request(receiver: Receiver) -> dict[str, list[Delivery]]:
+    found: dict[str, list[Delivery]] = defaultdict(list)
+    for d in list(receiver.deliveries):
+        if d.job_id:
+            found[d.job_id].append(d)
+    return found
 
 
 # -- the fleet ----------------------------------------------------------------------------------------
@@ -461,23 +406,23 @@ def audit(store: Any, outcomes: list[Outcome], receiver: Receiver, keys: dict[st
     checks.append(Check("every completed job's media downloads", media_problems, f"{len(completed)} completed jobs, {len(client_urls)} URLs handed to clients"))
 
     # Webhooks: every final one arrived, signed with the key's secret, with the job's status.
-    deliveries = receiver.by_request()
+    deliveries = _by_request(receiver)
     hooked = [j for j in jobs.values() if j.webhook_url and j.status.terminal]
     missing, bad_sig, wrong = [], [], []
     signed = 0
     for job in hooked:
         secret = by_key[job.key_id].webhook_secret
         got = deliveries.get(job.id, [])
-        final = [d for d in got if str(d.payload.get("status", "")).lower() in FINAL]
+        final = [d for d in got if _final(d)]
         if not final:
             missing.append(f"{job.id} ({job.status.value}): no final webhook")
         for d in got:
             try:
-                verify(secret, d.headers, d.body, now=d.received_at)
+                verify(secret, d.headers, d.raw, now=d.at)
                 signed += 1
             except SignatureError as exc:
                 bad_sig.append(f"{job.id}: {exc}")
-        statuses = {str(d.payload["status"]).lower() for d in final}
+        statuses = {str(d.body["status"]).lower() for d in final}
         if len(statuses) > 1 or (statuses and statuses != {job.status.value.lower()} and job.status is not JobStatus.ERROR):
             wrong.append(f"{job.id}: webhooks said {sorted(statuses)}, database says {job.status.value}")
     checks.append(Check("every final webhook arrived, validly signed", missing + bad_sig + wrong, f"{len(hooked)} jobs with a webhook, {signed} signed deliveries"))
@@ -528,7 +473,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "imagegate.cli", "fixtures", "build", str(work / "fixtures")], check=True, capture_output=True)
     config = work / "fixtures" / "imagegate.toml"
     pg = PrivatePostgres(bindir)
-    receiver = Receiver()
+    receiver = Receiver().start()
     server = None
     (work / "s3").mkdir()
     try:
@@ -604,7 +549,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
-        receiver.close()
+        receiver.stop()
         pg.destroy()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -625,9 +570,9 @@ def _drain(store: Any, receiver: Receiver) -> float:
     while time.monotonic() - started < DRAIN_SECONDS:
         jobs = store.jobs.list()
         if all(j.status.terminal for j in jobs):
-            delivered = receiver.by_request()
+            delivered = _by_request(receiver)
             hooked = [j.id for j in jobs if j.webhook_url]
-            if all(any(str(d.payload.get("status", "")).lower() in FINAL for d in delivered.get(i, [])) for i in hooked):
+            if all(any(_final(d) for d in delivered.get(i, [])) for i in hooked):
                 break
         time.sleep(0.5)
     return time.monotonic() - started

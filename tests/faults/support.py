@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,8 @@ class Delivery:
     at: float
     webhook_id: str
     body: dict[str, Any]
+    raw: bytes = b""  # the body exactly as received, and the headers: what a signature covers
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str | None:
@@ -255,7 +257,8 @@ class Receiver:
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with receiver._lock:
-                    receiver.deliveries.append(Delivery(time.time(), self.headers.get("webhook-id", ""), json.loads(data)))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.deliveries.append(Delivery(time.time(), headers.get("webhook-id", ""), json.loads(data), data, headers))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -264,6 +267,7 @@ class Receiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

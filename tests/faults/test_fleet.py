@@ -103,7 +103,9 @@ def test_two_workers_one_killed_mid_job(fleet_server: Any) -> None:
         store.dispose()
 
 
-def takeover(server: RunningServer, store: JobStore, first_worker: Callable[[], Any], cut: Callable[[], None], heal: Callable[[], None], tmp_path: Path) -> None:
+def takeover(
+    server: RunningServer, store: JobStore, first_worker: Callable[[], Any], first_log: Path, cut: Callable[[], None], heal: Callable[[], None], tmp_path: Path
+) -> None:
     """A job runs on ``first_worker``; ``cut`` severs that worker from the database; a second worker
     takes the job over once its heartbeat expires and completes it; ``heal`` reconnects the first,
     which must then give up its copy of the job rather than finish it a second time."""
@@ -123,7 +125,8 @@ def takeover(server: RunningServer, store: JobStore, first_worker: Callable[[], 
                 # The first worker comes back, learns its job is someone else's and drops it; its
                 # own registry row is re-created.
                 wait_until(lambda: any(w.id == registered.id for w in store.workers.list()), 90, "the first worker to re-register")
-                time.sleep(2)
+                # Its hand-back retries back off up to 5 s: wait for its verdict, not a fixed time.
+                wait_until(lambda: "another worker owns it now" in first_log.read_text(), 60, "the first worker to drop its copy")
         final = store.jobs.get(job_id)
         assert final.status is JobStatus.COMPLETED and final.attempts == 2
         assert store.keys.get(key_id).balance_micros == 1_000_000 - FLUX_DEV_PRICE
@@ -141,12 +144,12 @@ def test_a_worker_whose_database_connection_is_cut_is_taken_over_once(fleet_serv
     relay = TcpRelay((target.host or "127.0.0.1", target.port or 5432))
     store = open_store(server)
     try:
+        log = tmp_path / "cut-worker.log"
         takeover(
             server, store,
-            lambda: standalone_worker(server, tmp_path / "cut-worker.log", database_url=relayed_url(url, "127.0.0.1", relay.port)),
-            relay.cut, relay.restore, tmp_path,
+            lambda: standalone_worker(server, log, database_url=relayed_url(url, "127.0.0.1", relay.port)),
+            log, relay.cut, relay.restore, tmp_path,
         )
-        assert "another worker owns it now" in (tmp_path / "cut-worker.log").read_text()
     finally:
         relay.close()
         store.dispose()
@@ -165,13 +168,11 @@ def test_a_worker_on_another_host_whose_link_goes_down_is_taken_over_once(fleet_
     with TestHost() as host:
         relay = TcpRelay((target.host or "127.0.0.1", target.port or 5432), listen=(host.gateway, 0))
         try:
+            log = tmp_path / "remote-worker.log"
             takeover(
                 server, store,
-                lambda: standalone_worker(
-                    server, tmp_path / "remote-worker.log",
-                    database_url=relayed_url(url, host.gateway, relay.port), wrap=host.command,
-                ),
-                lambda: host.link(False), lambda: host.link(True), tmp_path,
+                lambda: standalone_worker(server, log, database_url=relayed_url(url, host.gateway, relay.port), wrap=host.command),
+                log, lambda: host.link(False), lambda: host.link(True), tmp_path,
             )
         finally:
             relay.close()
