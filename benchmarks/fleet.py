@@ -463,6 +463,9 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=3.0, help="seconds PostgreSQL stays down")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, database dump)")
     args = parser.parse_args()
+    # Stopped from outside (a test's deadline, a CI cancel): still stop the server, PostgreSQL and
+    # S3 in the `finally` below rather than leave them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     bindir = postgres_bindir()
     if bindir is None:

@@ -27,9 +27,14 @@ def test_a_short_fleet_run_passes_every_audit_check() -> None:
     if postgres_bindir() is None or weed_binary() is None:
         pytest.skip("needs PostgreSQL's server binaries and SeaweedFS")
     argv = [sys.executable, str(ROOT / "benchmarks" / "fleet.py"), "--clients", "12", "--seconds", "12", "--outage", "2"]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=540, cwd=ROOT)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        out, _ = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the script stops its server, PostgreSQL and S3 on SIGTERM
+        out, _ = proc.communicate(timeout=60)
+        pytest.fail(f"the fleet run did not end within 8 minutes:\n{out[-6000:]}")
+    assert proc.returncode == 0, out[-6000:]
     for check in CHECKS:
         assert f"| {check} | PASS |" in out, out[-6000:]
     # Every protocol took part, and the incidents happened.

@@ -58,3 +58,45 @@ def test_a_failing_loop_reports_unhealthy_backs_off_and_recovers(sqlite_store: J
         thread.join(20)
     assert not thread.is_alive()
     assert sqlite_store.workers.get("w-faulty") is None  # deregistered on the clean stop
+
+
+def test_a_claim_whose_answer_was_lost_is_handed_back_and_run(sqlite_store: JobStore, tmp_path: Path, monkeypatch: Any, tiny_models: Path) -> None:
+    """The claim commits and then the connection dies before its answer arrives (injected at the
+    store seam: the real claim runs, then OperationalError). The job is this worker's, PROCESSING,
+    and no code runs it; the worker keeps heartbeating, so the stalled sweep would never free it.
+    Back from the outage, the worker hands it back and then runs it."""
+    from sqlalchemy.exc import OperationalError
+
+    from imagegate.catalog import MODELS
+    from imagegate.catalog.base import validate_body
+    from imagegate.config import load_settings
+    from imagegate.jobs.queue import NewJob
+    from imagegate.jobs.status import JobStatus
+
+    monkeypatch.setattr(worker_module, "DB_RETRY_FIRST_SECONDS", 0.05)
+    settings = load_settings(tiny_models, data_dir=tmp_path, poll_fallback_seconds=0.1, device="cpu")
+    _, key = sqlite_store.keys.create(balance_micros=1_000_000)
+    worker = Worker(settings, sqlite_store, worker_id="w-lost-answer")
+    real_claim = sqlite_store.jobs.claim
+    lost = {"left": 1}
+
+    def claim_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        job = real_claim(*args, **kwargs)
+        if job is not None and lost["left"]:
+            lost["left"] -= 1
+            raise OperationalError("COMMIT", {}, ConnectionResetError("connection reset by peer"))
+        return job
+
+    monkeypatch.setattr(sqlite_store.jobs, "claim", claim_then_lose_the_answer)
+    spec = MODELS["flux-dev"]
+    params = validate_body(spec.schema, {"prompt": "a harbour", "num_inference_steps": 1, "image_size": {"width": 64, "height": 64}, "enable_safety_checker": False})
+    job, _ = sqlite_store.jobs.submit(NewJob(key_id=key.id, model_id=spec.id, protocol="queue", params=params, price_micros=25_000, max_attempts=3))
+    job_id = job.id
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        done = until(lambda: (j := sqlite_store.jobs.get(job_id)).status.terminal and j, 120, "the job to end")
+        assert done.status is JobStatus.COMPLETED and done.attempts == 2 and lost["left"] == 0
+    finally:
+        worker.request_stop()
+        thread.join(30)

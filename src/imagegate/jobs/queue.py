@@ -454,6 +454,23 @@ class JobRepository:
             self._changed(conn, Job.from_row(row), JobStatus.PROCESSING)
         return True
 
+    def release_held(self, worker_id: str) -> list[Job]:
+        """Put back in the queue every running job ``worker_id`` holds. For an idle worker back from
+        a database outage: a claim may have committed while its answer was lost, leaving a job that
+        the worker owns, heartbeats for, and does not run (the stalled sweep never frees it)."""
+        t = _jobs
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                update(t)
+                .where(t.c.lease_owner == worker_id, t.c.status == JobStatus.PROCESSING.value)
+                .values(status=JobStatus.QUEUED.value, lease_owner=None, progress=0.0, progress_detail=None, updated_at=time.time())
+                .returning(*t.c)
+            ).all()
+            jobs = [Job.from_row(r) for r in rows]
+            for job in jobs:
+                self._changed(conn, job, JobStatus.PROCESSING)
+        return jobs
+
     def cancel(self, job_id: str, key_id: str | None, conn: Connection | None = None) -> Job:
         """Cancel a job of ``key_id`` (any key's, with None: the operator).
 

@@ -219,8 +219,11 @@ class Worker:
                     if failures:
                         # Back from an outage: heartbeat (registering again if a sweep forgot us)
                         # before claiming, or a sweep could free the job we claim from a worker
-                        # that has no registry row yet, and it would run twice.
+                        # that has no registry row yet, and it would run twice. Then hand back
+                        # what a claim whose answer was lost left in our name: we run nothing now.
                         self._heartbeat(None)
+                        for lost in self.store.jobs.release_held(self.worker_id):
+                            log.warning("job %s: claimed while the database went away; handed back to the queue", lost.id)
                     job = self._next_job()
                     if job is not None:
                         self.run_job(job)
@@ -229,8 +232,8 @@ class Worker:
                         failures = self._loop_failed(exc, failures)
                         continue
                     # A claim that committed but whose answer was lost leaves a job owned by this
-                    # worker and run by no code: the stalled sweep frees it once we stop
-                    # heartbeating (a restart), or it waits for the database to come back here.
+                    # worker and run by no code: it is handed back once the database answers
+                    # (above), or by the stalled sweep if this worker stops first.
                     delay = min(DB_RETRY_FIRST_SECONDS * 2**failures, DB_RETRY_MAX_SECONDS)
                     log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), delay)
                     failures += 1
